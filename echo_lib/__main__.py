@@ -1,0 +1,3 @@
+from echo_lib.cli import app
+
+app(prog_name="echoctl")

@@ -1,0 +1,351 @@
+"""One typed configuration for every Echo component.
+
+Precedence, lowest to highest: embedded defaults < ``echo.yaml`` < ``ECHO_*`` environment
+variables < command-line flags (``echoctl --set key=value`` or a command's own options).
+Nested keys use ``__`` in the environment: ``ECHO_SPARK__MASTER=spark://host:7077``.
+
+Embedded defaults keep every byte Echo writes under ``<home>/var``; the scale-out keys
+(``spark.master``, ``lake.uri``, ``mlflow.tracking_uri``, ``train.*``) point the same code at a
+cluster without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "ECHO_"
+ENV_NESTED = "__"
+CONFIG_FILE_NAME = "echo.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be loaded; the message says which key and why."""
+
+
+def default_home() -> Path:
+    """The checkout Echo runs from: the repo root for an editable install, else the cwd."""
+    if env := os.environ.get("ECHO_HOME"):
+        return Path(env).resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "setup.cfg").is_file() and (repo / "echo_lib").is_dir():
+        return repo
+    return Path.cwd().resolve()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SparkSettings(_Section):
+    master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn, k8s://")
+    driver_memory: str = Field("4g", description="spark.driver.memory for jobs Echo submits")
+    shuffle_partitions: int = Field(
+        8, gt=0, description="spark.sql.shuffle.partitions (AQE coalesces further)"
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="extra --conf key=value pairs for spark-submit"
+    )
+
+
+class LakeSettings(_Section):
+    uri: str = Field(
+        "", description="lake root: a local path or a Hadoop URI (s3a://, hdfs://); default <var>/lake"
+    )
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = Field(
+        "", description="MLflow tracking/registry URI; default sqlite:///<var>/mlflow/mlflow.db"
+    )
+    artifact_location: str = Field(
+        "", description="artifact root for new experiments; default <var>/mlflow/artifacts"
+    )
+    experiment: str = Field("echo", min_length=1, description="experiment every Echo run logs to")
+    registered_model: str = Field(
+        "echo-agent", min_length=1, description="registered model name in the registry"
+    )
+
+
+class AirflowSettings(_Section):
+    home: str = Field("", description="AIRFLOW_HOME; default <var>/airflow")
+    sql_alchemy_conn: str = Field("", description="metadata DB; default SQLite under the Airflow home")
+    host: str = Field("127.0.0.1", description="address the api-server binds")
+    port: int = Field(8080, gt=0, lt=65536, description="api-server port")
+    parallelism: int = Field(4, gt=0, description="LocalExecutor slots (keep low on 2 cores)")
+    nightly_cron: str = Field("0 2 * * *", description="schedule of the nightly data DAG")
+
+
+class TrainSettings(_Section):
+    preset: str = Field("default", description="model/training preset: tiny, default, or a GPU preset")
+    num_procs: int = Field(
+        2, gt=0, description="training processes per node (CPU ranks, or GPUs when num_gpus > 0)"
+    )
+    num_gpus: int = Field(0, ge=0, description="GPUs per node; 0 trains on CPU with gloo")
+    num_nodes: int = Field(1, gt=0, description="nodes; >1 needs a hostfile")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
+    master_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port of the deepspeed launcher")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    torch_threads: int = Field(
+        1, gt=0, description="torch intra-op threads per rank (measured: 1 is best on 2 cores)"
+    )
+    checkpoint_dir: str = Field("", description="training checkpoints; default <var>/checkpoints")
+
+    @model_validator(mode="after")
+    def _multi_node_needs_hostfile(self) -> TrainSettings:
+        if self.num_nodes > 1 and not self.hostfile:
+            raise ValueError("num_nodes > 1 needs train.hostfile")
+        return self
+
+
+class CorpusSettings(_Section):
+    public: list[str] = Field(
+        default_factory=list, description="public-code directories; empty = this Python's stdlib"
+    )
+    team_repos: list[str] = Field(
+        default_factory=lambda: ["sqlalchemy", "pydantic", "jinja2"],
+        description="team repos: installed package names or directories (one repo each)",
+    )
+    heldout_percent: int = Field(20, ge=1, le=90, description="share of each team repo's files held out")
+    public_reserve_percent: int = Field(2, ge=1, le=50, description="share of public code never trained on")
+
+
+class EchoConfig(BaseSettings):
+    """The effective configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, extra="forbid", validate_assignment=True
+    )
+
+    home: Path = Field(default_factory=default_home, description="checkout root; var/ lives beneath it")
+    var_dir: str = Field("", description="where Echo writes everything by default; default <home>/var")
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_config merges file and flags into init kwargs itself (so it can record provenance);
+        # the environment sits between them.
+        return (init_settings, env_settings)
+
+    # Derived locations: empty settings fall back to embedded defaults under var/.
+    @property
+    def var_path(self) -> Path:
+        return Path(self.var_dir) if self.var_dir else self.home / "var"
+
+    @property
+    def lake_uri(self) -> str:
+        return self.lake.uri or str(self.var_path / "lake")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.var_path / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return self.mlflow.artifact_location or (self.var_path / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def airflow_home(self) -> Path:
+        return Path(self.airflow.home) if self.airflow.home else self.var_path / "airflow"
+
+    @property
+    def airflow_sql_alchemy_conn(self) -> str:
+        return self.airflow.sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.train.checkpoint_dir) if self.train.checkpoint_dir else self.var_path / "checkpoints"
+
+    @property
+    def torch_extensions_dir(self) -> Path:
+        return self.var_path / "cache" / "torch_extensions"
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders the embedded defaults use (remote URIs are left alone)."""
+        for path in (self.var_path, self.airflow_home, self.checkpoint_dir, self.torch_extensions_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.lake_uri:
+            Path(self.lake_uri).mkdir(parents=True, exist_ok=True)
+
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for any Airflow process Echo starts (CLI, components, tests)."""
+        return {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(self.airflow.parallelism),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_sql_alchemy_conn,
+            "AIRFLOW__API__HOST": self.airflow.host,
+            "AIRFLOW__API__PORT": str(self.airflow.port),
+            "AIRFLOW_CONN_ECHO_SPARK": f'{{"conn_type": "spark", "host": "{self.spark.master}"}}',
+            "ECHO_HOME": str(self.home),
+        }
+
+    def runtime_env(self) -> dict[str, str]:
+        """Environment every Echo subprocess (spark-submit, deepspeed) should inherit."""
+        return {
+            "ECHO_HOME": str(self.home),
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(self.torch_extensions_dir)),
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+        }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and dotted != "spark.conf":
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["spark.master=yarn", "train.num_procs=4"]`` -> flat dict (values parsed as YAML scalars)."""
+    flat: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return flat
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    """``--config`` flag, else ``$ECHO_CONFIG``, else ``<home>/echo.yaml`` if it exists."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    if env := os.environ.get("ECHO_CONFIG"):
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"ECHO_CONFIG points at a missing file: {path}")
+        return path
+    path = default_home() / CONFIG_FILE_NAME
+    return path if path.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _readable(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        where = origin.get(key, "")
+        lines.append(f"{key}: {err['msg']}" + (f" (from {where})" if where else ""))
+    return "invalid configuration: " + "; ".join(lines)
+
+
+class LoadedConfig(BaseModel):
+    """The effective config plus where every leaf value came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    config: EchoConfig
+    origin: dict[str, str]
+    file: Path | None = None
+
+
+def load_config(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> LoadedConfig:
+    """Load defaults < file < env < flags and remember each value's origin."""
+    path = find_config_file(config_file)
+    file_flat = _flatten(_read_yaml(path)) if path else {}
+    flag_flat = dict(overrides or {})
+
+    env_source = EnvSettingsSource(EchoConfig, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED)
+    env_flat = _flatten(env_source())
+
+    origin: dict[str, str] = {}
+    for key in file_flat:
+        origin[key] = f"file {path}"
+    for key in env_flat:
+        origin[key] = f"env {ENV_PREFIX}{key.upper().replace('.', ENV_NESTED)}"
+    for key in flag_flat:
+        origin[key] = "flag"
+
+    # Flags beat env: pass them as init kwargs (highest). The file goes in as init kwargs too, but
+    # only for keys the environment does not set, so env keeps its place between file and flags.
+    merged = {k: v for k, v in file_flat.items() if k not in env_flat}
+    merged.update(flag_flat)
+    try:
+        config = EchoConfig(**_nest(merged))
+    except ValidationError as exc:
+        raise ConfigError(_readable(exc, origin)) from exc
+    return LoadedConfig(config=config, origin=origin, file=path)
+
+
+def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(key, effective value, origin) for every leaf, derived locations resolved."""
+    cfg = loaded.config
+    derived = {
+        "var_dir": str(cfg.var_path),
+        "lake.uri": cfg.lake_uri,
+        "mlflow.tracking_uri": cfg.mlflow_tracking_uri,
+        "mlflow.artifact_location": cfg.mlflow_artifact_location,
+        "airflow.home": str(cfg.airflow_home),
+        "airflow.sql_alchemy_conn": cfg.airflow_sql_alchemy_conn,
+        "train.checkpoint_dir": str(cfg.checkpoint_dir),
+    }
+    rows = []
+    for key, value in _flatten(cfg.model_dump(mode="json")).items():
+        origin = loaded.origin.get(key)
+        if origin is None:
+            origin = "default (derived)" if key in derived and not value else "default"
+        rows.append((key, derived.get(key) or value, origin))
+    return rows

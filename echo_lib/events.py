@@ -1,0 +1,370 @@
+"""Event contract v1: the telemetry an IDE client sends, defined once.
+
+The field specs below are the single definition. Everything else is derived from them:
+:data:`ARROW_SCHEMA` (the bronze Parquet layout), :func:`json_schema` (exported for producers
+and other languages), and :func:`validate_event` (readable reason codes for quarantine).
+``docs/events.md`` documents the contract with an example of every event type.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+FieldType = Literal["string", "int", "float", "timestamp"]
+
+# RFC 3339 in UTC with a 'Z' suffix, milliseconds optional: 2026-11-24T09:30:00.125Z
+TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    description: str
+    required: bool = True
+    max_length: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] | None = None
+
+
+ID_MAX = 128
+TEXT_MAX = 16_384  # prefix/suffix windows and snapshots are bounded by the client
+PROPOSAL_MAX = 4_096
+INSERT_MAX = 65_536  # one paste
+
+COMMON_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "event_id",
+        "string",
+        "globally unique id of this event (UUID); duplicates are redeliveries",
+        max_length=ID_MAX,
+    ),
+    FieldSpec("schema_version", "int", "contract version; always 1 here", minimum=1, maximum=1),
+    FieldSpec("event_type", "string", "one of the event types below", max_length=32),
+    FieldSpec("ts", "timestamp", "client wall clock, RFC 3339 UTC with Z (may be skewed)"),
+    FieldSpec(
+        "seq", "int", "per-session counter starting at 0; orders events regardless of clock skew", minimum=0
+    ),
+    FieldSpec("session_id", "string", "one editing session of one document", max_length=ID_MAX),
+    FieldSpec("user_id", "string", "pseudonymous user id (never a name or email)", max_length=ID_MAX),
+    FieldSpec("repo_id", "string", "repository the document belongs to", max_length=ID_MAX),
+    FieldSpec("doc_id", "string", "document (file path hash or path inside the repo)", max_length=1024),
+    FieldSpec("language", "string", "language id of the document, e.g. python", max_length=32),
+    FieldSpec("client", "string", "client name/version, e.g. echo-world/0.1", max_length=64),
+)
+
+REQUEST_ID = FieldSpec(
+    "request_id", "string", "links shown, reaction and snapshots of one proposal", max_length=ID_MAX
+)
+OFFSET = FieldSpec("offset", "int", "character offset in the document (Unicode code points)", minimum=0)
+
+EVENT_FIELDS: dict[str, tuple[FieldSpec, ...]] = {
+    "session_start": (
+        FieldSpec("doc_len", "int", "length of the document when the session starts", minimum=0),
+    ),
+    "session_end": (FieldSpec("doc_len", "int", "length of the document when the session ends", minimum=0),),
+    "completion_shown": (
+        REQUEST_ID,
+        FieldSpec(
+            "model_version",
+            "string",
+            "model that produced the proposal (registry version or URI)",
+            max_length=256,
+        ),
+        OFFSET,
+        FieldSpec("prefix", "string", "bounded window of text before the cursor", max_length=TEXT_MAX),
+        FieldSpec("suffix", "string", "bounded window of text after the cursor", max_length=TEXT_MAX),
+        FieldSpec("proposal", "string", "the text shown as ghost text", max_length=PROPOSAL_MAX),
+        FieldSpec(
+            "confidence",
+            "float",
+            "model confidence in [0, 1] (shown only above the threshold)",
+            minimum=0,
+            maximum=1,
+        ),
+        FieldSpec("latency_ms", "int", "request-to-render latency", minimum=0),
+        FieldSpec(
+            "trigger", "string", "where the request fired", required=False, enum=("line_start", "mid_line")
+        ),
+    ),
+    "completion_accepted": (
+        REQUEST_ID,
+        FieldSpec(
+            "accepted_len",
+            "int",
+            "characters of the proposal accepted (less than its length: partial)",
+            minimum=0,
+        ),
+    ),
+    "completion_rejected": (
+        REQUEST_ID,
+        FieldSpec(
+            "reason", "string", "why the proposal went away", enum=("dismissed", "typed_over", "timed_out")
+        ),
+    ),
+    "doc_change": (
+        OFFSET,
+        FieldSpec("removed_len", "int", "characters removed at offset", minimum=0),
+        FieldSpec("inserted", "string", "text inserted at offset after the removal", max_length=INSERT_MAX),
+        FieldSpec(
+            "cause",
+            "string",
+            "what made the change",
+            enum=("typing", "delete", "paste", "undo", "redo", "accept"),
+        ),
+        FieldSpec("request_id", "string", "set when cause is accept", required=False, max_length=ID_MAX),
+    ),
+    "region_snapshot": (
+        REQUEST_ID,
+        FieldSpec(
+            "age_s",
+            "int",
+            "seconds after the reaction this snapshot was taken (e.g. 5, 30, 120, 600)",
+            minimum=0,
+        ),
+        OFFSET,
+        FieldSpec(
+            "text",
+            "string",
+            "what stands where the proposal went (for a rejection: what the user typed)",
+            max_length=TEXT_MAX,
+        ),
+    ),
+    "doc_saved": (
+        FieldSpec(
+            "content_sha256", "string", "SHA-256 hex digest of the saved document (UTF-8)", max_length=64
+        ),
+    ),
+}
+
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_FIELDS)
+
+
+def all_fields() -> list[FieldSpec]:
+    """Every field of every type, each name once (shared names must agree on their type)."""
+    seen: dict[str, FieldSpec] = {f.name: f for f in COMMON_FIELDS}
+    for specs in EVENT_FIELDS.values():
+        for spec in specs:
+            if spec.name in seen and seen[spec.name].type != spec.type:
+                raise TypeError(f"field {spec.name} has two types in the contract")
+            seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- Arrow
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _arrow_schema() -> pa.Schema:
+    common = {f.name for f in COMMON_FIELDS}
+    return pa.schema(
+        [
+            pa.field(
+                f.name,
+                _ARROW_TYPES[f.type],
+                nullable=f.name not in common,
+                metadata={"description": f.description},
+            )
+            for f in all_fields()
+        ],
+        metadata={"echo.schema_version": str(SCHEMA_VERSION)},
+    )
+
+
+ARROW_SCHEMA: pa.Schema = _arrow_schema()
+"""One wide, flat schema for all event types; fields a type does not have are null."""
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+def _json_property(spec: FieldSpec) -> dict[str, Any]:
+    prop: dict[str, Any] = {"description": spec.description}
+    if spec.type == "string":
+        prop["type"] = "string"
+    elif spec.type == "int":
+        prop["type"] = "integer"
+    elif spec.type == "float":
+        prop["type"] = "number"
+    else:
+        prop.update(type="string", format="date-time", pattern=TS_PATTERN)
+    if spec.max_length is not None:
+        prop["maxLength"] = spec.max_length
+    if spec.minimum is not None:
+        prop["minimum"] = spec.minimum
+    if spec.maximum is not None:
+        prop["maximum"] = spec.maximum
+    if spec.enum is not None:
+        prop["enum"] = list(spec.enum)
+    return prop
+
+
+def event_type_schema(event_type: str) -> dict[str, Any]:
+    specs = COMMON_FIELDS + EVENT_FIELDS[event_type]
+    properties = {s.name: _json_property(s) for s in specs}
+    properties["event_type"] = {"const": event_type, "description": properties["event_type"]["description"]}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [s.name for s in specs if s.required],
+        "additionalProperties": False,
+    }
+
+
+@functools.cache
+def json_schema() -> dict[str, Any]:
+    """The whole contract as one JSON Schema (draft 2020-12), discriminated by ``event_type``."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://echo.dev/schemas/events/v{SCHEMA_VERSION}.json",
+        "title": f"Echo telemetry event, contract v{SCHEMA_VERSION}",
+        "type": "object",
+        "required": ["event_type"],
+        "properties": {"event_type": {"enum": list(EVENT_TYPES)}},
+        "oneOf": [{"$ref": f"#/$defs/{t}"} for t in EVENT_TYPES],
+        "$defs": {t: event_type_schema(t) for t in EVENT_TYPES},
+    }
+
+
+# --------------------------------------------------------------------------- validation
+
+# Reason codes are part of the contract: quarantine rows carry them and dashboards count them.
+REASONS = (
+    "malformed_json",
+    "not_an_object",
+    "invalid_utf8",
+    "truncated_gzip",
+    "missing_field",
+    "wrong_type",
+    "unknown_event_type",
+    "unknown_field",
+    "oversize_field",
+    "invalid_value",
+    "unsupported_schema_version",
+)
+
+_JSON_KEYWORD_REASON = {
+    "required": "missing_field",
+    "type": "wrong_type",
+    "additionalProperties": "unknown_field",
+    "maxLength": "oversize_field",
+    "minimum": "invalid_value",
+    "maximum": "invalid_value",
+    "enum": "invalid_value",
+    "const": "invalid_value",
+    "pattern": "invalid_value",
+}
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Why a record breaks the contract: a reason code and a human sentence."""
+
+    reason: str
+    detail: str
+
+
+@functools.cache
+def _validators() -> dict[str, Any]:
+    from jsonschema import Draft202012Validator
+
+    return {t: Draft202012Validator(event_type_schema(t)) for t in EVENT_TYPES}
+
+
+def validate_event(record: Any) -> Invalid | None:
+    """Check one decoded JSON value against the contract; ``None`` means valid."""
+    if not isinstance(record, dict):
+        return Invalid("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    event_type = record.get("event_type")
+    if event_type is None:
+        return Invalid("missing_field", "event_type is missing")
+    if not isinstance(event_type, str):
+        return Invalid("wrong_type", f"event_type must be a string, got {type(event_type).__name__}")
+    if event_type not in EVENT_FIELDS:
+        return Invalid("unknown_event_type", f"unknown event_type {event_type!r}")
+    version = record.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+        return Invalid("unsupported_schema_version", f"schema_version {version} is not {SCHEMA_VERSION}")
+    errors = sorted(_validators()[event_type].iter_errors(record), key=_error_rank)
+    if not errors:
+        # bool is an int to JSON Schema's Python binding; the contract means numbers.
+        for spec in COMMON_FIELDS + EVENT_FIELDS[event_type]:
+            if spec.type in ("int", "float") and isinstance(record.get(spec.name), bool):
+                return Invalid("wrong_type", f"{spec.name} must be a number, got a boolean")
+        return _check_timestamp(record["ts"])
+    err = errors[0]
+    reason = _JSON_KEYWORD_REASON.get(err.validator, "invalid_value")
+    where = ".".join(str(p) for p in err.absolute_path) or "record"
+    if err.validator == "maxLength":
+        return Invalid(reason, f"{where} is longer than {err.validator_value} characters")
+    return Invalid(reason, f"{where}: {err.message}"[:300])
+
+
+def _error_rank(err: Any) -> tuple[int, str]:
+    # Report the most telling problem first: a missing field before a wrong type before the rest.
+    order = ["required", "additionalProperties", "type", "maxLength"]
+    rank = order.index(err.validator) if err.validator in order else len(order)
+    return rank, ".".join(str(p) for p in err.absolute_path)
+
+
+def _check_timestamp(ts: str) -> Invalid | None:
+    try:
+        parse_ts(ts)
+    except ValueError as exc:
+        return Invalid("invalid_value", f"ts {ts!r} is not a valid timestamp: {exc}")
+    return None
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def format_ts(moment: datetime) -> str:
+    """Format an aware datetime the way the contract wants: UTC, millisecond precision, 'Z'."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_arrow(records: list[dict[str, Any]]) -> pa.Table:
+    """Valid records -> a table in :data:`ARROW_SCHEMA` (timestamps parsed, absent fields null)."""
+    columns: dict[str, list[Any]] = {f.name: [] for f in ARROW_SCHEMA}
+    for record in records:
+        for name, values in columns.items():
+            value = record.get(name)
+            values.append(parse_ts(value) if name == "ts" and value is not None else value)
+    return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
+
+
+def from_arrow(table: pa.Table) -> list[dict[str, Any]]:
+    """Inverse of :func:`to_arrow`: drop nulls, format timestamps back to contract strings."""
+    out = []
+    for row in table.to_pylist():
+        record = {k: v for k, v in row.items() if v is not None}
+        record["ts"] = format_ts(record["ts"])
+        out.append(record)
+    return out
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """The canonical JSON line for an event (stable key order, compact, UTF-8 kept)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+
+
+if __name__ == "__main__":  # python -m echo_lib.events > docs/schemas/events.v1.json
+    print(json.dumps(json_schema(), indent=2))

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from echo_lib.cli import app
+from echo_lib.config import ConfigError, effective_items, load_config, parse_overrides
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "echo.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_live_under_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECHO_HOME", str(tmp_path))
+    cfg = load_config().config
+    assert cfg.spark.master == "local[*]"
+    assert cfg.lake_uri == str(tmp_path / "var" / "lake")
+    assert cfg.mlflow_tracking_uri == f"sqlite:///{tmp_path}/var/mlflow/mlflow.db"
+    assert cfg.airflow_home == tmp_path / "var" / "airflow"
+    assert cfg.checkpoint_dir == tmp_path / "var" / "checkpoints"
+
+
+def test_precedence_file_then_env_then_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path, "spark:\n  master: spark://file:7077\n  driver_memory: 8g\ntrain:\n  num_procs: 3\n"
+    )
+    monkeypatch.setenv("ECHO_SPARK__MASTER", "spark://env:7077")
+    monkeypatch.setenv("ECHO_TRAIN__NUM_PROCS", "5")
+
+    loaded = load_config(path, parse_overrides(["train.num_procs=8"]))
+    cfg = loaded.config
+    assert cfg.spark.driver_memory == "8g"  # file only
+    assert cfg.spark.master == "spark://env:7077"  # env beats file
+    assert cfg.train.num_procs == 8  # flag beats env and file
+    assert loaded.origin["spark.driver_memory"] == f"file {path}"
+    assert loaded.origin["spark.master"] == "env ECHO_SPARK__MASTER"
+    assert loaded.origin["train.num_procs"] == "flag"
+
+
+def test_scale_out_keys_are_config_not_code(tmp_path: Path) -> None:
+    path = write_yaml(
+        tmp_path,
+        "lake: {uri: 's3a://bucket/echo'}\nmlflow: {tracking_uri: 'http://mlflow:5000'}\n"
+        "train: {num_gpus: 8, num_nodes: 2, hostfile: /etc/ds/hostfile, zero_stage: 3}\n",
+    )
+    cfg = load_config(path).config
+    assert cfg.lake_uri == "s3a://bucket/echo"
+    assert cfg.mlflow_tracking_uri == "http://mlflow:5000"
+    assert (cfg.train.num_gpus, cfg.train.num_nodes, cfg.train.zero_stage) == (8, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("spark:\n  shuffle_partitions: 0\n", "spark.shuffle_partitions: Input should be greater than 0"),
+        ("spark:\n  mastr: yarn\n", "spark.mastr: Extra inputs are not permitted"),
+        ("train:\n  zero_stage: 4\n", "train.zero_stage"),
+        ("train:\n  num_nodes: 2\n", "num_nodes > 1 needs train.hostfile"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("spark: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_invalid_file_fails_with_the_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(write_yaml(tmp_path, text))
+
+
+def test_bad_env_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHO_TRAIN__NUM_PROCS", "many")
+    with pytest.raises(ConfigError, match=r"train.num_procs: .*integer.*\(from env ECHO_TRAIN__NUM_PROCS\)"):
+        load_config()
+
+
+def test_missing_config_file_and_bad_override() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/echo.yaml")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["spark.master"])
+
+
+def test_echo_config_env_points_at_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "mlflow:\n  experiment: from-env-file\n")
+    monkeypatch.setenv("ECHO_CONFIG", str(path))
+    loaded = load_config()
+    assert loaded.file == path and loaded.config.mlflow.experiment == "from-env-file"
+
+
+def test_config_show_reports_values_and_origins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "spark:\n  driver_memory: 6g\n")
+    monkeypatch.setenv("ECHO_SPARK__MASTER", "local[2]")
+    result = CliRunner().invoke(
+        app, ["--config", str(path), "--set", "train.num_procs=4", "config", "show", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["spark.driver_memory"] == {"value": "6g", "origin": f"file {path}"}
+    assert shown["spark.master"] == {"value": "local[2]", "origin": "env ECHO_SPARK__MASTER"}
+    assert shown["train.num_procs"] == {"value": 4, "origin": "flag"}
+    assert shown["lake.uri"]["origin"] == "default (derived)"
+    assert len(shown) == len(effective_items(load_config(path)))
+
+
+def test_cli_config_error_is_one_line_and_exit_2() -> None:
+    result = CliRunner().invoke(app, ["--set", "train.num_procs=-1", "config", "show"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "train.num_procs" in result.stderr
