@@ -18,8 +18,7 @@ console = Console()
 ECHOCTL = str(Path(sys.executable).with_name("echoctl"))
 
 PLANNED = """\
-What the full demo will do once the loop exists (issues [2/7] to [7/7]):
-  1. bootstrap v0: train a small code model on public code (the stdlib), register it as champion
+Still to come (issues [3/7] to [7/7]), each added to this demo as it lands:
   2. world: simulated developers write real team-repo code against the champion -> raw telemetry
   3. nightly (Airflow): ingest -> mine refinements -> build gold datasets, on Spark
   4. train (Airflow): DeepSpeed fine-tune from the champion on the gold data -> challenger
@@ -37,9 +36,44 @@ def stage(title: str, *args: str) -> None:
     console.print(f"[dim]{title}: {time.perf_counter() - start:.0f} s[/]")
 
 
+def show_heldout_completions(count: int = 5, seed: int = 0) -> None:
+    """A few completions v0 makes on held-out team code, next to what the developer really wrote."""
+    import random
+
+    from echo_lib import corpus, registry
+    from echo_lib.config import load_config
+    from echo_lib.engine import CompletionEngine, EngineSettings
+
+    cfg = load_config().config
+    engine = CompletionEngine.load(
+        registry.model_uri(cfg),
+        EngineSettings(),
+        tracking_uri=cfg.mlflow_tracking_uri,
+        cache_dir=cfg.var_path / "cache" / "models",
+    )
+    files = corpus.scan(corpus.team_repos(cfg), cfg).select("heldout")
+    rng = random.Random(seed)
+    console.print(f"completions by {engine.model_version} on held-out team code (greedy, to end of line):")
+    for f in rng.sample(files, count):
+        lines = f.text.splitlines(keepends=True)
+        candidates = [i for i, line in enumerate(lines) if line.strip() and i > 3]
+        i = rng.choice(candidates)
+        cut = len(lines[i]) - len(lines[i].lstrip()) + len(lines[i].strip()) // 2
+        prefix = "".join(lines[:i]) + lines[i][:cut]
+        real = lines[i][cut:].rstrip("\n")
+        [proposal] = engine.complete([prefix])
+        console.print(f"[dim]{f.doc_id}:{i + 1}[/]  [cyan]{lines[i][:cut].strip()!s}[/]", highlight=False)
+        console.print(
+            f"    model: {proposal.text!r}  (confidence {proposal.confidence:.2f})", highlight=False
+        )
+        console.print(f"    real : {real!r}", highlight=False)
+
+
 def main() -> None:
     start = time.perf_counter()
-    stage("1/1 doctor: every component of the stack, for real", "doctor")
+    stage("1/2 doctor: every component of the stack, for real", "doctor")
+    stage("2/2 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
+    show_heldout_completions()
     console.print(Rule())
     console.print(PLANNED, highlight=False)
     console.print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")

@@ -25,3 +25,33 @@ def var_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "var"
     monkeypatch.setenv("ECHO_VAR_DIR", str(path))
     return path
+
+
+def echoctl_env(var: Path, **extra: str) -> dict[str, str]:
+    """Environment for an ``echoctl`` subprocess writing into ``var``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
+    env.update({"ECHO_HOME": str(REPO), "ECHO_VAR_DIR": str(var), "SPARK_LOCAL_IP": "127.0.0.1", **extra})
+    # DeepSpeed ops compile once per checkout, not once per test
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / "var" / "cache" / "torch_extensions"))
+    return env
+
+
+def run_echoctl(var: Path, *args: str, timeout: float = 900, **extra: str):
+    import subprocess
+    import sys
+
+    echoctl = str(Path(sys.executable).with_name("echoctl"))
+    return subprocess.run(
+        [echoctl, *args], env=echoctl_env(var, **extra), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real 2-rank tiny bootstrap for the whole session: var dir, result JSON."""
+    import json
+
+    var = tmp_path_factory.mktemp("bootstrapped") / "var"
+    proc = run_echoctl(var, "bootstrap", "--preset", "tiny", "--num-procs", "2", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"var": var, "result": json.loads(proc.stdout.strip().splitlines()[-1])}

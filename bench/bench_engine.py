@@ -1,0 +1,240 @@
+"""Benchmark the completion engine at several batch sizes on the same requests.
+
+    python bench/bench_engine.py                       # random "default"-preset model (4M params)
+    python bench/bench_engine.py --model DIR           # a trained HF model directory
+    python bench/bench_engine.py --requests 64 --batch-sizes 1,8,32 --json
+
+Requests are prefixes cut from real standard-library files at random positions inside random lines
+(fixed seed), so some end mid-identifier (token healing) and some at line starts. Every batch size
+decodes the same requests; the proposals must be identical across batch sizes (greedy decoding),
+and the script exits non-zero if they are not.
+
+A random model proposes text of arbitrary length (it rarely emits a newline, so most requests run
+to ``--max-new-tokens``); a trained model stops at line ends, which is where dropping finished rows
+from the batch pays off. Use ``--model`` for numbers that resemble serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+STDLIB_FILES = [
+    "argparse.py",
+    "ast.py",
+    "calendar.py",
+    "configparser.py",
+    "csv.py",
+    "dataclasses.py",
+    "difflib.py",
+    "enum.py",
+    "fractions.py",
+    "functools.py",
+    "heapq.py",
+    "inspect.py",
+    "ipaddress.py",
+    "logging/__init__.py",
+    "pathlib.py",
+    "pprint.py",
+    "shlex.py",
+    "shutil.py",
+    "statistics.py",
+    "string.py",
+    "tarfile.py",
+    "textwrap.py",
+    "threading.py",
+    "tokenize.py",
+    "typing.py",
+    "uuid.py",
+    "zipfile.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "collections/__init__.py",
+]
+
+
+def stdlib_sources() -> dict[str, str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found = {}
+    for name in STDLIB_FILES:
+        path = root / name
+        if path.is_file():
+            found[name] = path.read_text(encoding="utf-8", errors="replace")
+    if not found:
+        raise SystemExit(f"no standard-library sources found under {root}")
+    return found
+
+
+def make_prefixes(sources: dict[str, str], n: int, seed: int, max_chars: int) -> list[str]:
+    """``n`` prefixes ending at a random column of a random non-blank line of a random file."""
+    rng = random.Random(seed)
+    names = sorted(sources)
+    prefixes = []
+    while len(prefixes) < n:
+        text = sources[rng.choice(names)]
+        lines = text.splitlines(keepends=True)
+        i = rng.randrange(len(lines))
+        if not lines[i].strip():
+            continue
+        body = lines[i].rstrip("\n")
+        column = rng.randint(0, len(body))
+        before = "".join(lines[:i]) + body[:column]
+        prefixes.append(before[-max_chars:])
+    return prefixes
+
+
+def build_random_model(sources: dict[str, str], vocab: int):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from echo_lib.presets import build_model_config, get_preset
+    from echo_lib.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(list(sources.values()), vocab)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(build_model_config(get_preset("default"), tokenizer))
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="HF model directory (default: random 'default'-preset model)")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--mode", choices=["line", "lines"], default="line")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds over all batch sizes; best kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix-chars", type=int, default=4000, help="characters of context per request")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+
+    import torch
+
+    from echo_lib.engine import CompletionEngine, EngineSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sources = stdlib_sources()
+    prefixes = make_prefixes(sources, args.requests, args.seed, args.prefix_chars)
+
+    t0 = time.perf_counter()
+    if args.model:
+        base = CompletionEngine.load(args.model)
+        model, tokenizer, model_desc = base.model, base.tokenizer, args.model
+    else:
+        model, tokenizer = build_random_model(sources, 4096)
+        model_desc = "random, preset 'default'"
+    setup_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+
+    engines = {
+        bs: CompletionEngine(
+            model,
+            tokenizer,
+            EngineSettings(max_new_tokens=args.max_new_tokens, mode=args.mode, batch_size=bs),
+        )
+        for bs in batch_sizes
+    }
+    best: dict[int, float] = {}
+    tokens = 0
+    reference = None
+    mismatches = 0
+    load_before = os.getloadavg()[0]
+    # Rounds interleave the batch sizes, so a burst of load from elsewhere does not hit just one of them.
+    for _round in range(max(args.repeats, 1)):
+        for bs, engine in engines.items():
+            engine.complete(prefixes[: min(bs, len(prefixes))])  # warm-up: allocator, kernels
+            start = time.perf_counter()
+            proposals = engine.complete(prefixes)
+            elapsed = time.perf_counter() - start
+            best[bs] = min(best.get(bs, elapsed), elapsed)
+            if reference is None:
+                reference = proposals
+                tokens = sum(p.num_tokens for p in proposals)
+            else:
+                for a, b in zip(reference, proposals, strict=True):
+                    if (
+                        a.text != b.text
+                        or a.num_tokens != b.num_tokens
+                        or abs(a.confidence - b.confidence) > 1e-5
+                    ):
+                        mismatches += 1
+    results = [
+        {
+            "batch_size": bs,
+            "seconds": round(best[bs], 3),
+            "completions_per_s": round(len(prefixes) / best[bs], 2),
+            "tokens_per_s": round(tokens / best[bs], 1),
+            "speedup": round(best[batch_sizes[0]] / best[bs], 2),
+        }
+        for bs in batch_sizes
+    ]
+
+    lengths = [p.num_tokens for p in reference or []]
+    report = {
+        "model": model_desc,
+        "parameters": params,
+        "requests": len(prefixes),
+        "max_new_tokens": args.max_new_tokens,
+        "mode": args.mode,
+        "mean_tokens_per_completion": round(sum(lengths) / max(len(lengths), 1), 1),
+        "completions_at_cap": sum(n >= args.max_new_tokens for n in lengths),
+        "identical_across_batch_sizes": mismatches == 0,
+        "mismatches": mismatches,
+        "setup_s": round(setup_s, 1),
+        "repeats": max(args.repeats, 1),
+        "generated_tokens": tokens,
+        "machine": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
+        "results": results,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        m = report["machine"]
+        print(
+            f"model: {model_desc} ({params / 1e6:.1f}M params), {len(prefixes)} requests, mode={args.mode}, "
+            f"max_new_tokens={args.max_new_tokens}"
+        )
+        print(
+            f"machine: torch {m['torch']}, {m['torch_threads']} torch threads, {m['cpu_count']} CPUs, "
+            f"{m['processor']}, python {m['python']}, 1-min load {m['loadavg_1m_before_after']} (before, after)"
+        )
+        print(
+            f"mean tokens/completion: {report['mean_tokens_per_completion']} "
+            f"({report['completions_at_cap']} of {len(prefixes)} hit the cap)"
+        )
+        print(
+            f"best of {report['repeats']} interleaved rounds; speedup is relative to batch size {batch_sizes[0]}"
+        )
+        print(f"{'batch':>6} {'seconds':>9} {'compl/s':>9} {'tokens/s':>10} {'speedup':>8}")
+        for r in results:
+            print(
+                f"{r['batch_size']:>6} {r['seconds']:>9.2f} {r['completions_per_s']:>9.2f} "
+                f"{r['tokens_per_s']:>10.1f} {r['speedup']:>7.2f}x"
+            )
+        print(
+            "outputs identical across batch sizes: "
+            + ("yes" if mismatches == 0 else f"NO ({mismatches} differ)")
+        )
+    return 0 if mismatches == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

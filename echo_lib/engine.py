@@ -1,0 +1,599 @@
+"""The completion engine: batched greedy decoding with a KV cache, token healing and line stopping.
+
+A proposal is what the agent would insert at the cursor: the characters after ``prefix``. The
+engine works on a Llama-style causal LM in Hugging Face format (``save_pretrained`` safetensors plus
+the tokenizer in the same directory), loaded from a local directory or from MLflow
+(``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``).
+
+Decoding is an explicit loop rather than ``model.generate`` so that it can
+
+* batch requests of different lengths (left padding, explicit ``attention_mask`` and
+  ``position_ids``) and give exactly the proposals one-at-a-time decoding gives;
+* drop finished rows from the batch and from the KV cache, so late steps run on fewer rows;
+* heal the last token: a prefix that ends mid-token (``"    retu"``) is tokenised differently
+  from how the same text appears in training data (``"    return"``), so the last prompt token is
+  removed and generation is constrained to reproduce its text before it may continue freely;
+* stop at the end of the current line (``mode="line"``) or after ``max_lines`` lines.
+
+Importing this module is cheap: torch, transformers and mlflow are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import hashlib
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "CompletionEngine",
+    "EngineSettings",
+    "HealingIndex",
+    "ModelLoadError",
+    "Proposal",
+    "consistent_with",
+    "token_byte_table",
+]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_new_tokens: int = 48
+    mode: Literal["line", "lines"] = (
+        "line"  # "line": stop at end of current line; "lines": up to max_lines lines
+    )
+    max_lines: int = 3
+    show_threshold: float = 0.0  # proposals with confidence below are marked shown=False
+    batch_size: int = 32
+    max_prompt_tokens: int = 0  # 0 = model context length minus max_new_tokens; left-truncate prompts to this
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.mode not in ("line", "lines"):
+            raise ValueError(f"mode must be 'line' or 'lines', got {self.mode!r}")
+        if self.max_lines < 1:
+            raise ValueError(f"max_lines must be >= 1, got {self.max_lines}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens must be >= 0, got {self.max_prompt_tokens}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}")
+
+    @property
+    def line_limit(self) -> int:
+        """How many newlines end a proposal (the newline itself is never part of it)."""
+        return 1 if self.mode == "line" else self.max_lines
+
+
+@dataclass(frozen=True)
+class Proposal:
+    text: str  # the continuation after the cursor; never ends with the stopping newline; may be ""
+    confidence: float  # exp(mean log-prob) of the generated tokens, in [0, 1]; 0.0 if nothing generated
+    shown: bool  # confidence >= settings.show_threshold and text.strip() != ""
+    num_tokens: int  # tokens generated, including the healed token, the stopping one and eos
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message is one line naming the URI and the reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# Token bytes and the token-healing constraint
+# --------------------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable-character map used by byte-level BPE vocabularies."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def token_byte_table(tokenizer) -> list[bytes | None]:
+    """The raw bytes of every token id (``None`` for special tokens), indexed by id.
+
+    Byte-level BPE tokens are strings over GPT-2's byte alphabet; they are mapped back to bytes
+    exactly, so a token holding half of a UTF-8 character gets its one or two bytes. Tokens from
+    other vocabularies (SentencePiece, say) fall back to ``decode([id])`` encoded as UTF-8.
+    """
+    byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids)
+    size = len(tokenizer)
+    table: list[bytes | None] = [None] * size
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    for i, piece in enumerate(pieces):
+        if i in special or piece is None:
+            continue
+        if all(ch in byte_decoder for ch in piece):
+            table[i] = bytes(byte_decoder[ch] for ch in piece)
+        else:
+            table[i] = tokenizer.decode([i], clean_up_tokenization_spaces=False).encode(
+                "utf-8", "surrogatepass"
+            )
+    return table
+
+
+def consistent_with(token: bytes, remaining: bytes) -> bool:
+    """The healing rule: may a token with these bytes be generated while ``remaining`` is still owed?
+
+    Yes iff the token is non-empty and either covers the rest of ``remaining`` (and maybe more) or
+    is a prefix of it.
+    """
+    return bool(token) and (token.startswith(remaining) or remaining.startswith(token))
+
+
+class HealingIndex:
+    """Answers "which token ids are consistent with ``remaining``" without scanning the vocabulary.
+
+    Tokens that start with ``remaining`` form a contiguous run in byte-sorted order (found by
+    bisection); tokens that are proper prefixes of ``remaining`` are at most ``len(remaining)-1``
+    dictionary look-ups. Answers are memoised per ``remaining``.
+    """
+
+    def __init__(self, token_bytes: Sequence[bytes | None]):
+        by_bytes: dict[bytes, list[int]] = {}
+        for i, b in enumerate(token_bytes):
+            if b:
+                by_bytes.setdefault(b, []).append(i)
+        self._by_bytes = by_bytes
+        self._sorted = sorted(by_bytes)
+        self._memo: dict[bytes, list[int]] = {}
+
+    def allowed_ids(self, remaining: bytes) -> list[int]:
+        cached = self._memo.get(remaining)
+        if cached is not None:
+            return cached
+        ids: list[int] = []
+        for k in range(1, len(remaining)):
+            ids.extend(self._by_bytes.get(remaining[:k], ()))
+        i = bisect.bisect_left(self._sorted, remaining)
+        while i < len(self._sorted) and self._sorted[i].startswith(remaining):
+            ids.extend(self._by_bytes[self._sorted[i]])
+            i += 1
+        ids.sort()
+        self._memo[remaining] = ids
+        return ids
+
+
+def _decode_utf8(data: bytes) -> str:
+    """UTF-8 text of ``data``; an incomplete character at the end is dropped, invalid bytes replaced."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """The decoding state of one request."""
+
+    prompt: list[int]
+    owed: bytes  # healing: text of the backed-off token not yet reproduced by generated tokens
+    out: bytearray  # proposal bytes (after the healed text)
+    logprob: float = 0.0
+    num_tokens: int = 0
+    done: bool = False
+
+
+class CompletionEngine:
+    """Greedy code completion with a causal LM; see the module docstring.
+
+    ``suffixes`` are accepted by :meth:`complete` for API completeness (fill-in-the-middle
+    clients send them) but a left-to-right model cannot use them, so they are ignored.
+    """
+
+    def __init__(
+        self, model, tokenizer, settings: EngineSettings = EngineSettings(), model_version: str = "local"
+    ):
+        import torch
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.model = model.to(torch.float32).eval()
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.model_version = model_version
+        self.device = next(self.model.parameters()).device
+
+        self.eos_id: int | None = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.pad_id: int = 0 if pad is None else int(pad)
+        bos = getattr(tokenizer, "bos_token_id", None)
+        start = bos if bos is not None else self.eos_id
+        self.start_id: int = self.pad_id if start is None else int(start)  # prompt for an empty prefix
+
+        self.token_bytes = token_byte_table(tokenizer)
+        self.healing = HealingIndex(self.token_bytes)
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        banned = [i for i in range(vocab) if i >= len(self.token_bytes) or not self.token_bytes[i]]
+        banned = [
+            i for i in banned if i != self.eos_id
+        ]  # specials and empty tokens never; eos ends a proposal
+        self._banned = torch.tensor(banned, dtype=torch.long, device=self.device)
+
+        context = getattr(self.model.config, "max_position_embeddings", None) or 0
+        self.context_length = int(context)
+        forward_params = _forward_parameters(self.model)
+        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
+        self._logits_to_keep = "logits_to_keep" in forward_params
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        uri: str,
+        settings: EngineSettings = EngineSettings(),
+        *,
+        tracking_uri: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> CompletionEngine:
+        """Load from a local HF directory or an MLflow URI.
+
+        MLflow URIs (``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``models:/<name>/latest``,
+        ``runs:/<run_id>/<path>``) are resolved against ``tracking_uri`` (also used as the registry
+        URI; default: MLflow's current URIs), downloaded once into
+        ``cache_dir/<sanitised uri>-<hash of store, version and source>`` and reused afterwards.
+        ``model_version`` is ``models:/<name>/<resolved version>`` for registry URIs, the URI for
+        ``runs:/`` and the absolute directory for local paths.
+
+        Any failure raises :class:`ModelLoadError` with a one-line message.
+        """
+        if uri.startswith(("models:/", "runs:/")):
+            local_dir, version = _fetch_from_mlflow(uri, tracking_uri, cache_dir)
+        else:
+            local_dir = Path(uri).expanduser()
+            version = str(local_dir.resolve())
+        model, tokenizer = _load_hf_dir(uri, local_dir)
+        try:
+            return cls(model, tokenizer, settings, model_version=version)
+        except Exception as exc:  # an unusable tokenizer/model pairing
+            raise ModelLoadError(f"cannot load model {uri!r}: {_reason(exc)}") from exc
+
+    # ---- completion --------------------------------------------------------------------------
+
+    def complete(self, prefixes: list[str], suffixes: list[str] | None = None) -> list[Proposal]:
+        """One greedy proposal per prefix, in input order.
+
+        ``suffixes`` (text after the cursor) must match ``prefixes`` in length if given; they are
+        ignored because a left-to-right model cannot condition on them.
+        """
+        import torch
+
+        if isinstance(prefixes, str):
+            raise TypeError("prefixes must be a list of strings, not a string")
+        if suffixes is not None and len(suffixes) != len(prefixes):
+            raise ValueError(f"got {len(prefixes)} prefixes but {len(suffixes)} suffixes")
+        encoded = self.tokenizer(list(prefixes), add_special_tokens=False)["input_ids"] if prefixes else []
+        rows = [self._prepare(list(ids)) for ids in encoded]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+        size = self.settings.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(order), size):
+                self._decode([rows[i] for i in order[start : start + size]])
+        return [self._proposal(row) for row in rows]
+
+    def _max_prompt_tokens(self) -> int:
+        limit = self.settings.max_prompt_tokens
+        if not limit and self.context_length:
+            limit = self.context_length - self.settings.max_new_tokens
+        return max(limit, 1) if limit else 1 << 30
+
+    def _prepare(self, ids: list[int]) -> _Row:
+        """The prompt for one prefix's token ids: healed (last token backed off) and left-truncated."""
+        owed = b""
+        if len(ids) > 1 and self.token_bytes[ids[-1]]:
+            owed = bytes(self.token_bytes[ids[-1]])  # heal: back off the last token, regenerate its text
+            ids.pop()
+        if not ids:
+            ids = [self.start_id]
+        return _Row(prompt=ids[-self._max_prompt_tokens() :], owed=owed, out=bytearray())
+
+    def _proposal(self, row: _Row) -> Proposal:
+        text = _decode_utf8(bytes(row.out))
+        confidence = math.exp(row.logprob / row.num_tokens) if row.num_tokens else 0.0
+        confidence = min(max(confidence, 0.0), 1.0)
+        shown = confidence >= self.settings.show_threshold and text.strip() != ""
+        return Proposal(text=text, confidence=confidence, shown=shown, num_tokens=row.num_tokens)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache):
+        kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return out.logits[:, -1, :].float(), cache
+
+    def _decode(self, batch: list[_Row]) -> None:
+        """Greedy-decode one chunk of rows in place."""
+        import torch
+
+        max_new = self.settings.max_new_tokens
+        if max_new == 0:
+            for row in batch:
+                row.done = True
+            return
+        width = max(len(r.prompt) for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
+            mask[i, width - len(row.prompt) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        last_pos = positions[:, -1]
+
+        active = list(batch)
+        cache = None
+        for _step in range(max_new):
+            logits, cache = self._forward(input_ids, mask, positions, cache)
+            if self._banned.numel():
+                logits.index_fill_(1, self._banned, float("-inf"))
+            for i, row in enumerate(active):
+                if row.owed:
+                    allowed = torch.tensor(
+                        self.healing.allowed_ids(row.owed), dtype=torch.long, device=self.device
+                    )
+                    keep = logits[i].index_select(0, allowed)
+                    logits[i].fill_(float("-inf"))
+                    logits[i].index_copy_(0, allowed, keep)
+            logprobs = torch.log_softmax(logits, dim=-1)
+            chosen_lp, chosen = logprobs.max(dim=-1)
+            chosen_list = chosen.tolist()
+            lp_list = chosen_lp.tolist()
+
+            still: list[int] = []
+            for i, row in enumerate(active):
+                self._advance(row, chosen_list[i], lp_list[i])
+                if not row.done:
+                    still.append(i)
+            if len(still) < len(active):
+                if not still:
+                    break
+                keep_idx = torch.tensor(still, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(keep_idx)
+                mask, last_pos, chosen = mask[keep_idx], last_pos[keep_idx], chosen[keep_idx]
+                active = [active[i] for i in still]
+            input_ids = chosen.unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            last_pos = last_pos + 1
+            positions = last_pos.unsqueeze(1)
+        for row in active:
+            row.done = True
+
+    def _advance(self, row: _Row, token: int, logprob: float) -> None:
+        """Append one chosen token to ``row`` and decide whether it is finished."""
+        if not math.isfinite(logprob):  # nothing was allowed (a healing dead end): give up on this row
+            row.done = True
+            return
+        row.num_tokens += 1
+        row.logprob += logprob
+        if token == self.eos_id:
+            row.done = True
+            return
+        piece = self.token_bytes[token] or b""
+        if row.owed:
+            if len(piece) >= len(row.owed):
+                piece, row.owed = piece[len(row.owed) :], b""
+            else:
+                row.owed, piece = row.owed[len(piece) :], b""
+        if piece:
+            row.out += piece
+            limit = self.settings.line_limit
+            if b"\n" in piece and row.out.count(b"\n") >= limit:
+                cut = -1
+                for _ in range(limit):
+                    cut = row.out.find(b"\n", cut + 1)
+                del row.out[cut:]  # the line limit is reached: stop before its newline
+                row.done = True
+                return
+        if row.num_tokens >= self.settings.max_new_tokens:
+            row.done = True
+
+
+# --------------------------------------------------------------------------------------------
+# Loading helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_parameters(model) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: the exception type and the first line of its message, bounded."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _load_hf_dir(uri: str, path: Path):
+    """Model and tokenizer from a ``save_pretrained`` directory, or :class:`ModelLoadError`."""
+    if not path.exists():
+        raise ModelLoadError(f"cannot load model {uri!r}: directory {path} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"cannot load model {uri!r}: {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"cannot load model {uri!r}: no config.json in {path}")
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from echo_lib.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(path)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {uri!r}: tokenizer in {path}: {_reason(exc)}") from exc
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # missing weights are reported below, as an error
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, local_files_only=True, output_loading_info=True
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {uri!r}: weights in {path}: {_reason(exc)}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelLoadError(f"cannot load model {uri!r}: weights in {path} lack {shown}")
+    return model, tokenizer
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))/?$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+?)/?$")
+
+
+def _default_cache_dir() -> Path:
+    try:
+        from echo_lib.config import load_config
+
+        return load_config().config.var_path / "cache" / "models"
+    except Exception:
+        return Path(tempfile.gettempdir()) / "echo-model-cache"
+
+
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:120]
+
+
+def _fetch_from_mlflow(uri: str, tracking_uri: str | None, cache_dir: Path | None) -> tuple[Path, str]:
+    """Resolve an MLflow URI and download its artifacts once; return (local dir, model_version)."""
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot load model {uri!r}: mlflow is not installed") from exc
+
+    def fail(reason: str) -> ModelLoadError:
+        return ModelLoadError(f"cannot load model {uri!r}: {reason}")
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        store = tracking_uri or mlflow.get_tracking_uri()
+        if m := _MODELS_URI.match(uri):
+            name, alias, version = m["name"], m["alias"], m["version"]
+            try:
+                client.get_registered_model(name)
+            except MlflowException as exc:
+                if not _missing(exc):
+                    raise
+                raise fail(f"registered model {name!r} not found in {store}") from exc
+            if alias:
+                try:
+                    mv = client.get_model_version_by_alias(name, alias)
+                except MlflowException as exc:
+                    if not _missing(exc, "INVALID_PARAMETER_VALUE"):
+                        raise
+                    raise fail(f"registered model {name!r} has no alias {alias!r}") from exc
+            elif version and version.isdigit():
+                try:
+                    mv = client.get_model_version(name, version)
+                except MlflowException as exc:
+                    if not _missing(exc):
+                        raise
+                    raise fail(f"registered model {name!r} has no version {version}") from exc
+            elif version and version.lower() == "latest":
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise fail(f"registered model {name!r} has no versions")
+                mv = max(versions, key=lambda v: int(v.version))
+            else:
+                raise fail(f"unsupported version {version!r}; use @<alias>, /<number> or /latest")
+            model_version = f"models:/{name}/{mv.version}"
+            # Not ``models:/...`` itself: mlflow 3.17 resolves those against the process-global
+            # registry URI even when ``registry_uri`` is passed to download_artifacts.
+            download_uri = client.get_model_version_download_uri(name, mv.version)
+            identity = f"{store}|{model_version}|{mv.source}|{mv.run_id}|{mv.creation_timestamp}"
+        elif m := _RUNS_URI.match(uri):
+            try:
+                client.get_run(m["run_id"])
+            except MlflowException as exc:
+                if not _missing(exc):
+                    raise
+                raise fail(f"run {m['run_id']!r} not found in {store}") from exc
+            model_version = download_uri = uri
+            identity = f"{store}|{uri}"
+        else:
+            raise fail("expected models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>")
+
+        root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        target = root / f"{_sanitise(model_version)}-{digest}"
+        if not (target / "config.json").is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+            try:
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=download_uri,
+                        dst_path=str(staging),
+                        tracking_uri=tracking_uri,
+                        registry_uri=tracking_uri,
+                    )
+                )
+                found = _find_model_dir(local)
+                if found is None:
+                    raise fail(f"no config.json in the artifacts of {download_uri}")
+                if target.exists():  # a stale partial copy, or a concurrent loader finished first
+                    shutil.rmtree(target, ignore_errors=True)
+                try:
+                    os.replace(found, target)
+                except OSError:
+                    if not (target / "config.json").is_file():
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return target, model_version
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # unreachable store, permissions, bad artifact source ...
+        raise fail(_reason(exc)) from exc
+
+
+def _missing(exc: BaseException, *codes: str) -> bool:
+    """Does an MlflowException say "no such thing" (rather than "cannot reach the store")?"""
+    return getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", *codes)
+
+
+def _find_model_dir(path: Path) -> Path | None:
+    """``path`` if it holds config.json, else its only descendant directory (depth <= 2) that does."""
+    if (path / "config.json").is_file():
+        return path
+    hits = [p.parent for p in sorted(path.glob("*/config.json"))] or [
+        p.parent for p in sorted(path.glob("*/*/config.json"))
+    ]
+    return hits[0] if len(hits) == 1 else None
