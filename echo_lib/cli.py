@@ -47,6 +47,9 @@ def main(
         typer.Option("--set", help="override one key, e.g. --set spark.master=yarn (repeatable)"),
     ] = None,
 ) -> None:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep command output to its summary
     try:
         ctx.obj = load_config(config, parse_overrides(set_ or []))
     except ConfigError as exc:
@@ -106,6 +109,197 @@ def doctor(
     if failed:
         raise fail(f"{len(failed)} check(s) failed: {', '.join(failed)}")
     console.print(f"[green]all {len(results)} checks passed[/]")
+
+
+@app.command()
+def bootstrap(
+    ctx: typer.Context,
+    preset: Annotated[str | None, typer.Option(help="model/training preset (default: train.preset)")] = None,
+    num_procs: Annotated[
+        int | None, typer.Option("--num-procs", help="training ranks (default: train.num_procs)")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="override the preset's step budget")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="train and register a new v0 even if a champion exists")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with the result")] = False,
+) -> None:
+    """Train the v0 agent on public code and register it as champion (no-op if one exists)."""
+    from echo_lib.bootstrap import BootstrapError
+    from echo_lib.bootstrap import bootstrap as run_bootstrap
+    from echo_lib.corpus import CorpusError
+
+    cfg = loaded(ctx).config
+    try:
+        result = run_bootstrap(
+            cfg,
+            preset_name=preset,
+            num_procs=num_procs,
+            max_steps=max_steps,
+            force=force,
+            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        )
+    except (BootstrapError, CorpusError, ValueError) as exc:
+        raise fail(f"bootstrap failed: {exc}") from exc
+    name = cfg.mlflow.registered_model
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "status": result.status,
+                    "version": result.version,
+                    "run_id": result.run_id,
+                    "report": {k: v for k, v in (result.report or {}).items() if k != "history"},
+                    "data": result.data,
+                    "seconds": result.seconds,
+                },
+                default=str,
+            )
+        )
+        return
+    if result.status == "exists":
+        console.print(
+            f"champion already registered: models:/{name}/{result.version} (use --force to retrain)"
+        )
+        return
+    r = result.report or {}
+    console.print(
+        f"registered models:/{name}/{result.version} as @champion in {result.seconds:.0f} s: "
+        f"{r['parameters']:,} parameters, {r['tokens']:,} tokens, final loss {r['final_loss']:.3f}, "
+        f"{r['tokens_per_s']:.0f} tokens/s on {r['world_size']} rank(s) (run {result.run_id})",
+        highlight=False,
+    )
+
+
+def _parse_date(value: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--date must be YYYY-MM-DD, got {value!r}", code=2) from None
+
+
+def _progress_bar(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+    )
+
+
+def _run_world(label: str, fn, **kwargs):
+    from echo_lib.engine import ModelLoadError
+
+    with _progress_bar(label) as bar:
+        task = bar.add_task(label, total=None)
+        try:
+            return fn(
+                on_plan=lambda n: bar.update(task, total=n), progress=lambda k: bar.advance(task, k), **kwargs
+            )
+        except (ModelLoadError, ValueError, OSError) as exc:
+            raise fail(str(exc)) from exc
+
+
+SplitOpt = Annotated[str, typer.Option("--split", help="experience or heldout")]
+CorpusOpt = Annotated[
+    list[str] | None, typer.Option("--corpus", help="team repo directory (repeatable); default: config")
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="model URI or directory (default: models:/<name>@champion)")
+]
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="logical date YYYY-MM-DD")],
+    sessions: Annotated[int | None, typer.Option(help="sessions (default: world.sessions)")] = None,
+    split: SplitOpt = "experience",
+    corpus_dir: CorpusOpt = None,
+    model: ModelOpt = None,
+    seed: Annotated[int | None, typer.Option(help="world seed (default: world.seed)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Simulate one day of developers against the served model; land its raw telemetry."""
+    from echo_lib.world.runner import simulate_day
+
+    cfg = loaded(ctx).config
+    day = _parse_date(date)
+    s = _run_world(
+        f"simulating {day}",
+        simulate_day,
+        cfg=cfg,
+        day=day,
+        sessions=sessions,
+        split=split,
+        corpus_dirs=corpus_dir,
+        model_uri=model,
+        seed=seed,
+    )
+    if as_json:
+        print(json.dumps({k: v for k, v in s.items() if k != "files"}, default=str))
+        return
+    console.print(
+        f"{s['date']}: {s['sessions']} sessions, {s['events']:,} events ({s['lines']:,} lines delivered, "
+        f"{s['late_lines']} late, {s['duplicates']} duplicates), {s['shown']} proposals shown, "
+        f"{s['accepted']} accepted: acceptance {s['acceptance_rate']:.1%} "
+        f"[{s['ci_low']:.1%}, {s['ci_high']:.1%}] by {s['model_version']}; "
+        f"{s['events_per_s']:.0f} events/s",
+        highlight=False,
+    )
+
+
+@app.command()
+def acceptance(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    split: SplitOpt = "heldout",
+    corpus_dir: CorpusOpt = None,
+    sessions: Annotated[
+        int | None, typer.Option(help="sessions (default: world.acceptance_sessions)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed (default: world.acceptance_seed); same seed = paired")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Measure acceptance in the world on held-out code (nothing is written to the lake)."""
+    from echo_lib.world.runner import measure_acceptance
+
+    cfg = loaded(ctx).config
+    s = _run_world(
+        "measuring acceptance",
+        measure_acceptance,
+        cfg=cfg,
+        model_uri=model,
+        split=split,
+        corpus_dirs=corpus_dir,
+        sessions=sessions,
+        seed=seed,
+    )
+    if as_json:
+        print(json.dumps({k: v for k, v in s.items() if k != "per_session"}, default=str))
+        return
+    table = Table(
+        title=f"acceptance of {s['model_version']} on {s['split']} ({s['sessions']} sessions, seed {s['seed']})",
+        title_justify="left",
+    )
+    table.add_column("metric", style="cyan")
+    table.add_column("value", justify="right")
+    table.add_row("acceptance rate (accepted / shown)", f"{s['acceptance_rate']:.2%}")
+    table.add_row("95% CI (session bootstrap)", f"[{s['ci_low']:.2%}, {s['ci_high']:.2%}]")
+    table.add_row("requests / shown / accepted", f"{s['requests']} / {s['shown']} / {s['accepted']}")
+    table.add_row("shown per trigger", f"{s['shown_per_trigger']:.2f}")
+    table.add_row("accepted and retained characters", f"{s['accepted_retained_chars']:,}")
+    for outcome, count in s["outcomes"].items():
+        table.add_row(f"outcome: {outcome}", str(count))
+    for trigger, c in sorted(s["by_trigger"].items()):
+        rate = c["accepted"] / c["shown"] if c["shown"] else 0.0
+        table.add_row(f"{trigger}: shown / accepted", f"{c['shown']} / {c['accepted']} ({rate:.1%})")
+    console.print(table)
 
 
 if __name__ == "__main__":

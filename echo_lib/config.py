@@ -121,6 +121,23 @@ class CorpusSettings(_Section):
     public_reserve_percent: int = Field(2, ge=1, le=50, description="share of public code never trained on")
 
 
+class EngineConfig(_Section):
+    max_new_tokens: int = Field(48, gt=0, description="generation budget per proposal")
+    show_threshold: float = Field(
+        0.15, ge=0, le=1, description="proposals below this confidence are not shown"
+    )
+    batch_size: int = Field(32, gt=0, description="requests decoded together")
+    torch_threads: int = Field(2, gt=0, description="torch threads for inference (world, evaluation)")
+
+
+class WorldConfig(_Section):
+    sessions: int = Field(120, gt=0, description="simulated sessions per day")
+    seed: int = Field(0, description="world seed: same seed, same sessions, same events")
+    concurrency: int = Field(64, gt=0, description="sessions simulated at once (their requests are batched)")
+    acceptance_sessions: int = Field(120, gt=0, description="held-out sessions for echoctl acceptance")
+    acceptance_seed: int = Field(1000, description="seed of the held-out acceptance sessions")
+
+
 class EchoConfig(BaseSettings):
     """The effective configuration. Build it with :func:`load_config`."""
 
@@ -136,6 +153,8 @@ class EchoConfig(BaseSettings):
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    world: WorldConfig = Field(default_factory=WorldConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,183 @@
+"""The world's two entry points: write a day of telemetry, or measure acceptance without writing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from echo_lib import corpus
+from echo_lib.config import EchoConfig
+from echo_lib.world.behaviour import BehaviourParams
+from echo_lib.world.delivery import DeliveryParams, write_day
+from echo_lib.world.simulate import acceptance_summary, plan_day, run_sessions
+
+Progress = Callable[[int], None]
+
+
+def load_engine(cfg: EchoConfig, model_uri: str | None = None):
+    from echo_lib import registry
+    from echo_lib.engine import CompletionEngine, EngineSettings
+
+    e = cfg.engine
+    settings = EngineSettings(
+        max_new_tokens=e.max_new_tokens,
+        show_threshold=e.show_threshold,
+        batch_size=e.batch_size,
+        torch_threads=e.torch_threads,
+    )
+    return CompletionEngine.load(
+        model_uri or registry.model_uri(cfg),
+        settings,
+        tracking_uri=cfg.mlflow_tracking_uri,
+        cache_dir=cfg.var_path / "cache" / "models",
+    )
+
+
+def world_files(
+    cfg: EchoConfig, split: str, corpus_dirs: Sequence[str] | None = None
+) -> list[corpus.SourceFile]:
+    if split not in ("experience", "heldout"):
+        raise ValueError(f"split must be experience or heldout, got {split!r}")
+    files = corpus.scan(corpus.team_repos(cfg, corpus_dirs), cfg).select(split)  # type: ignore[arg-type]
+    if not files:
+        raise ValueError(f"no {split} files in the team repos")
+    return files
+
+
+def simulate_day(
+    cfg: EchoConfig,
+    day: date,
+    *,
+    sessions: int | None = None,
+    split: str = "experience",
+    corpus_dirs: Sequence[str] | None = None,
+    model_uri: str | None = None,
+    seed: int | None = None,
+    engine=None,
+    behaviour: BehaviourParams | None = None,
+    delivery: DeliveryParams | None = None,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Simulate one day with the served model and land its telemetry in the lake."""
+    behaviour, delivery = behaviour or BehaviourParams(), delivery or DeliveryParams()
+    seed = cfg.world.seed if seed is None else seed
+    engine = engine or load_engine(cfg, model_uri)
+    specs = plan_day(
+        world_files(cfg, split, corpus_dirs), day, sessions or cfg.world.sessions, seed, behaviour, delivery
+    )
+    if on_plan:
+        on_plan(len(specs))
+    start = time.perf_counter()
+    results = run_sessions(specs, engine, behaviour, concurrency=cfg.world.concurrency, progress=progress)
+    seconds = time.perf_counter() - start
+    landed = write_day(cfg.lake_uri, day, [r.events for r in results], delivery, seed)
+    summary = acceptance_summary(results)
+    summary.update(
+        date=day.isoformat(),
+        split=split,
+        seed=seed,
+        model_version=engine.model_version,
+        seconds=seconds,
+        events_per_s=summary["events"] / seconds if seconds else 0.0,
+        **landed,
+    )
+    return summary
+
+
+def measure_acceptance(
+    cfg: EchoConfig,
+    *,
+    model_uri: str | None = None,
+    split: str = "heldout",
+    corpus_dirs: Sequence[str] | None = None,
+    sessions: int | None = None,
+    seed: int | None = None,
+    engine=None,
+    behaviour: BehaviourParams | None = None,
+    log_to_mlflow: bool = True,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the world on (by default) held-out code without writing the lake; report acceptance.
+
+    The sessions depend only on the seed and the corpus, so two models measured with the same
+    seed face the same developers writing the same code: the comparison is paired.
+    """
+    behaviour = behaviour or BehaviourParams()
+    seed = cfg.world.acceptance_seed if seed is None else seed
+    engine = engine or load_engine(cfg, model_uri)
+    # the acceptance day is a fixed label: sessions must not change with the calendar
+    specs = plan_day(
+        world_files(cfg, split, corpus_dirs),
+        date(2000, 1, 1),
+        sessions or cfg.world.acceptance_sessions,
+        seed,
+        behaviour,
+        DeliveryParams.none(),
+    )
+    if on_plan:
+        on_plan(len(specs))
+    start = time.perf_counter()
+    results = run_sessions(specs, engine, behaviour, concurrency=cfg.world.concurrency, progress=progress)
+    summary = acceptance_summary(results)
+    summary.update(
+        split=split, seed=seed, model_version=engine.model_version, seconds=time.perf_counter() - start
+    )
+    summary["per_session"] = [
+        {
+            "session_id": r.spec.session_id,
+            "shown": len(r.shown),
+            "accepted": sum(s.reaction.startswith("accept") for s in r.shown),
+        }
+        for r in results
+    ]
+    if log_to_mlflow:
+        summary["mlflow_run_id"] = _log_acceptance(cfg, summary)
+    return summary
+
+
+def _log_acceptance(cfg: EchoConfig, summary: dict[str, Any]) -> str:
+    import json
+    import tempfile
+
+    import mlflow
+
+    from echo_lib.tracking import configure_mlflow
+
+    experiment_id = configure_mlflow(cfg)
+    tags = {
+        "echo.stage": "acceptance",
+        "echo.model_version": summary["model_version"],
+        "echo.split": summary["split"],
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"acceptance-{summary['split']}", tags=tags
+    ) as run:
+        mlflow.log_params(
+            {"seed": summary["seed"], "sessions": summary["sessions"], "split": summary["split"]}
+        )
+        mlflow.log_metrics(
+            {
+                k: float(summary[k])
+                for k in (
+                    "acceptance_rate",
+                    "ci_low",
+                    "ci_high",
+                    "shown",
+                    "accepted",
+                    "requests",
+                    "shown_per_trigger",
+                    "accepted_retained_chars",
+                )
+            }
+        )
+        mlflow.log_metrics({f"outcome_{k}": float(v) for k, v in summary["outcomes"].items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "acceptance.json"
+            path.write_text(json.dumps(summary, indent=2, default=str))
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
