@@ -18,8 +18,7 @@ console = Console()
 ECHOCTL = str(Path(sys.executable).with_name("echoctl"))
 
 PLANNED = """\
-Still to come (issues [3/7] to [7/7]), each added to this demo as it lands:
-  2. world: simulated developers write real team-repo code against the champion -> raw telemetry
+Still to come (issues [4/7] to [7/7]), each added to this demo as it lands:
   3. nightly (Airflow): ingest -> mine refinements -> build gold datasets, on Spark
   4. train (Airflow): DeepSpeed fine-tune from the champion on the gold data -> challenger
   5. evaluate + promote: held-out acceptance, paired CI, promotion gate -> new champion
@@ -71,9 +70,15 @@ def show_heldout_completions(count: int = 5, seed: int = 0) -> None:
 
 def main() -> None:
     start = time.perf_counter()
-    stage("1/2 doctor: every component of the stack, for real", "doctor")
-    stage("2/2 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    stage("1/4 doctor: every component of the stack, for real", "doctor")
+    stage("2/4 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
     show_heldout_completions()
+    stage(f"3/4 world: one day ({today}) of developers on experience code, served by the champion",
+          "simulate", "--date", today)
+    stage("4/4 the champion's acceptance on held-out code (paired sessions, 95% CI)", "acceptance")
     console.print(Rule())
     console.print(PLANNED, highlight=False)
     console.print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
