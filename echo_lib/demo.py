@@ -76,8 +76,12 @@ def main() -> None:
     stage("1/4 doctor: every component of the stack, for real", "doctor")
     stage("2/4 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
     show_heldout_completions()
-    stage(f"3/4 world: one day ({today}) of developers on experience code, served by the champion",
-          "simulate", "--date", today)
+    stage(
+        f"3/4 world: one day ({today}) of developers on experience code, served by the champion",
+        "simulate",
+        "--date",
+        today,
+    )
     stage("4/4 the champion's acceptance on held-out code (paired sessions, 95% CI)", "acceptance")
     console.print(Rule())
     console.print(PLANNED, highlight=False)

@@ -311,7 +311,9 @@ def validate_event(record: Any) -> Invalid | None:
     for name, value in record.items():
         spec = specs[name]
         if not isinstance(value, _PYTHON_TYPES[spec.type]) or isinstance(value, bool):
-            return Invalid("wrong_type", f"{name}: expected {_TYPE_NAMES[spec.type]}, got {type(value).__name__}")
+            return Invalid(
+                "wrong_type", f"{name}: expected {_TYPE_NAMES[spec.type]}, got {type(value).__name__}"
+            )
     for name, value in record.items():
         spec = specs[name]
         if spec.max_length is not None and len(value) > spec.max_length:

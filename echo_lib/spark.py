@@ -7,6 +7,7 @@ cluster (master, memory) win over the ones set here because ``getOrCreate`` keep
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from echo_lib.config import EchoConfig
@@ -36,6 +37,8 @@ def spark_conf(cfg: EchoConfig) -> dict[str, str]:
 def get_session(cfg: EchoConfig, app_name: str, *, master: str | None = None) -> SparkSession:
     """Build (or reuse) the process's SparkSession for ``app_name``."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must run the interpreter that has Echo's packages (a cluster sets its own).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)

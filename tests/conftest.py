@@ -55,3 +55,15 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = run_echoctl(var, "bootstrap", "--preset", "tiny", "--num-procs", "2", "--json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"var": var, "result": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[1] SparkSession for the whole test run (starting one costs seconds)."""
+    from echo_lib.config import load_config
+    from echo_lib.spark import get_session
+
+    cfg = load_config(overrides={"spark.shuffle_partitions": 2, "spark.driver_memory": "2g"}).config
+    session = get_session(cfg, "echo-tests", master="local[1]")
+    yield session
+    session.stop()

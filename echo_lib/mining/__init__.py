@@ -1,0 +1,1 @@
+"""Spark transforms that turn raw telemetry into refinements and training datasets."""

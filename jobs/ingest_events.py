@@ -1,0 +1,35 @@
+"""Ingest one day of raw telemetry: validate, quarantine, deduplicate, write bronze.
+
+    spark-submit --master 'local[*]' jobs/ingest_events.py --date 2026-11-24
+    echoctl ingest --date 2026-11-24          # the same, with master and lake from config
+
+Reads  <lake>/raw/events/dt=D/*.jsonl.gz
+Writes <lake>/bronze/events/dt=D/ (+ _manifest.json) and <lake>/quarantine/events/dt=D/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    parser.add_argument("--lake", help="lake URI (default: lake.uri from config)")
+    args = parser.parse_args(argv)
+
+    from echo_lib.config import load_config
+    from echo_lib.mining.ingest import run_ingest
+    from echo_lib.spark import get_session
+
+    cfg = load_config().config
+    spark = get_session(cfg, f"echo-ingest-{args.date}")
+    manifest = run_ingest(spark, args.lake or cfg.lake_uri, args.date)
+    print("ECHO_RESULT " + json.dumps(manifest))
+
+
+if __name__ == "__main__":
+    main()
