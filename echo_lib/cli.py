@@ -302,5 +302,34 @@ def acceptance(
     console.print(table)
 
 
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="partition date YYYY-MM-DD")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the partition manifest as JSON")] = False,
+) -> None:
+    """Validate one day of raw telemetry into bronze (spark-submit on spark.master)."""
+    from echo_lib.submit import JobFailed, run_job
+
+    cfg = loaded(ctx).config
+    day = _parse_date(date).isoformat()
+    try:
+        with console.status(f"ingesting {day} on {cfg.spark.master} ..."):
+            m = run_job(
+                cfg, "ingest_events", ["--date", day, "--lake", cfg.lake_uri], log_name=f"ingest-{day}"
+            )
+    except JobFailed as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(m))
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
+    console.print(
+        f"{day}: read {m['lines_read']:,} lines = {m['valid']:,} valid + {m['quarantined']:,} quarantined "
+        f"({reasons}); {m['duplicates_removed']:,} duplicates removed; {m['written']:,} events in bronze",
+        highlight=False,
+    )
+
+
 if __name__ == "__main__":
     app()

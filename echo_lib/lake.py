@@ -111,5 +111,9 @@ def read_manifest(spark: SparkSession, lake: str, table: str, dt: str) -> dict[s
     return json.loads(spark.read.text(uri, wholetext=True).collect()[0][0])
 
 
+def exists(spark: SparkSession, uri: str) -> bool:
+    return _Fs(spark, uri).exists(uri)
+
+
 def is_complete(spark: SparkSession, lake: str, table: str, dt: str) -> bool:
     return _Fs(spark, partition_uri(lake, table, dt)).exists(f"{partition_uri(lake, table, dt)}/_SUCCESS")

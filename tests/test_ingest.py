@@ -154,3 +154,26 @@ def test_crash_mid_write_keeps_the_previous_partition(spark, lake: Path) -> None
 
 def test_examples_are_valid() -> None:
     assert all(validate_event(e) is None for e in examples())
+
+
+@pytest.mark.integration
+def test_echoctl_ingest_runs_the_job_with_spark_submit(lake: Path, tmp_path: Path) -> None:
+    from tests.conftest import run_echoctl
+
+    proc = run_echoctl(
+        tmp_path / "var",
+        "--set",
+        f"lake.uri={lake}",
+        "--set",
+        "spark.master=local[2]",
+        "ingest",
+        "--date",
+        "2026-11-24",
+        "--json",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert manifest["lines_read"] == manifest["valid"] + manifest["quarantined"]
+    assert (lake / "bronze" / "events" / "dt=2026-11-24" / "_SUCCESS").is_file()
+    assert (tmp_path / "var" / "logs" / "spark" / "ingest-2026-11-24.log").is_file()

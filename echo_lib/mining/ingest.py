@@ -180,6 +180,8 @@ def run_ingest(spark, lake: str, dt: str) -> dict[str, Any]:
     from echo_lib import lake as lake_io
 
     raw = lake_io.partition_uri(lake, "raw/events", dt)
+    if not lake_io.exists(spark, raw):
+        raise FileNotFoundError(f"no raw partition for {dt}: {raw} does not exist")
     files = spark.read.format("binaryFile").option("pathGlobFilter", "*.jsonl.gz").load(raw)
     lines = decode_files(files).persist()
     try:
