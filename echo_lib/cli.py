@@ -331,5 +331,35 @@ def ingest(
     )
 
 
+@app.command()
+def mine(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="partition date YYYY-MM-DD")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the partition manifest as JSON")] = False,
+) -> None:
+    """Mine one day of bronze events into silver refinements (spark-submit on spark.master)."""
+    from echo_lib.submit import JobFailed, run_job
+
+    cfg = loaded(ctx).config
+    day = _parse_date(date).isoformat()
+    try:
+        with console.status(f"mining {day} on {cfg.spark.master} ..."):
+            m = run_job(
+                cfg, "mine_refinements", ["--date", day, "--lake", cfg.lake_uri], log_name=f"mine-{day}"
+            )
+    except JobFailed as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(m))
+        return
+    outcomes = ", ".join(f"{k} {v}" for k, v in m["by_outcome"].items())
+    orphans = sum(m["orphans"].values())
+    console.print(
+        f"{day}: {m['sessions']} sessions, {m['events']:,} events -> {m['refinements']:,} refinements "
+        f"({outcomes}); finals from {m['final_source']}; {orphans} orphan events kept aside",
+        highlight=False,
+    )
+
+
 if __name__ == "__main__":
     app()

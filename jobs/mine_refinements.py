@@ -1,0 +1,38 @@
+"""Mine one day of bronze events into silver refinements (one row per shown proposal).
+
+    spark-submit --master 'local[*]' jobs/mine_refinements.py --date 2026-11-24
+    echoctl mine --date 2026-11-24            # the same, with master and lake from config
+
+Reads  <lake>/bronze/events/dt={D-1,D,D+1} (lookback rule: sessions first seen on D)
+Writes <lake>/silver/refinements/dt=D/ (+ _manifest.json) and <lake>/quarantine/orphans/dt=D/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    parser.add_argument("--lake", help="lake URI (default: lake.uri from config)")
+    parser.add_argument(
+        "--settle-s", type=int, default=30, help="youngest snapshot age that counts as settled"
+    )
+    args = parser.parse_args(argv)
+
+    from echo_lib.config import load_config
+    from echo_lib.mining.refinements import run_mine
+    from echo_lib.spark import get_session
+
+    cfg = load_config().config
+    spark = get_session(cfg, f"echo-mine-{args.date}")
+    manifest = run_mine(spark, args.lake or cfg.lake_uri, args.date, settle_s=args.settle_s)
+    print("ECHO_RESULT " + json.dumps(manifest))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Bronze -> silver refinements: on hand-written sequences and on world data with known truth."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from echo_lib import corpus
+from echo_lib.config import load_config
+from echo_lib.mining.ingest import run_ingest
+from echo_lib.mining.refinements import mine, run_mine
+from echo_lib.world.behaviour import BehaviourParams
+from echo_lib.world.delivery import DeliveryParams, write_day
+from echo_lib.world.simulate import plan_day, run_sessions
+
+T0 = datetime(2026, 11, 24, 9, tzinfo=UTC)
+
+
+def event(
+    seq: int,
+    event_type: str,
+    *,
+    session: str = "s1",
+    skew: float = 0.0,
+    event_id: str | None = None,
+    **fields,
+):
+    return {
+        "event_id": event_id or f"{session}-{seq}",
+        "schema_version": 1,
+        "event_type": event_type,
+        "ts": T0 + timedelta(seconds=seq + skew),
+        "seq": seq,
+        "session_id": session,
+        "user_id": "u1",
+        "repo_id": "r",
+        "doc_id": "r/m.py",
+        "language": "python",
+        "client": "test",
+        "dt": "2026-11-24",
+        "_source_file": "f",
+        "_line_no": seq,
+        **fields,
+    }
+
+
+def shown(seq: int, request: str, proposal: str, offset: int = 4, **kw):
+    return event(
+        seq,
+        "completion_shown",
+        request_id=request,
+        model_version="m1",
+        offset=offset,
+        prefix="x = ",
+        suffix="\ny = 2\n",
+        proposal=proposal,
+        confidence=0.5,
+        latency_ms=100,
+        trigger="mid_line",
+        **kw,
+    )
+
+
+def snapshot(seq: int, request: str, text: str, age: int = 600, offset: int = 4, **kw):
+    return event(seq, "region_snapshot", request_id=request, age_s=age, offset=offset, text=text, **kw)
+
+
+def frame(spark, rows: list[dict]):
+    from pyspark.sql.types import StructType
+
+    from echo_lib.mining.ingest import lines_schema
+
+    base: StructType = lines_schema()
+    fields = [f for f in base.fields if not f.name.startswith("_")]
+    from pyspark.sql.types import LongType, StringType, StructField
+
+    schema = StructType(
+        fields
+        + [
+            StructField("_source_file", StringType()),
+            StructField("_line_no", LongType()),
+            StructField("dt", StringType()),
+        ]
+    )
+    return spark.createDataFrame([{f.name: r.get(f.name) for f in schema.fields} for r in rows], schema)
+
+
+def test_every_outcome_class_from_hand_written_sequences(spark) -> None:
+    rows = [
+        event(0, "session_start", doc_len=10),
+        # accepted unchanged (the 5 s snapshot caught a typo in progress; the settled one did not)
+        shown(1, "a", "1"),
+        event(2, "completion_accepted", request_id="a", accepted_len=1),
+        snapshot(3, "a", "1x", age=5),
+        snapshot(4, "a", "1", age=600),
+        # accepted then edited
+        shown(5, "b", "foo(1)"),
+        event(6, "completion_accepted", request_id="b", accepted_len=6),
+        snapshot(7, "b", "foo(2)", age=30),
+        # partially accepted
+        shown(8, "c", "bar(x)"),
+        event(9, "completion_accepted", request_id="c", accepted_len=4),
+        snapshot(10, "c", "bar(y)"),
+        # rejected and rewritten; the reaction arrives out of order with a skewed clock
+        shown(12, "d", "None"),
+        event(11, "completion_rejected", request_id="d", reason="typed_over", skew=-50),
+        snapshot(13, "d", "compute()"),
+        # rejected with nothing kept
+        shown(14, "e", "pass"),
+        event(15, "completion_rejected", request_id="e", reason="dismissed"),
+        snapshot(16, "e", ""),
+        # abandoned: no reaction at all
+        shown(17, "f", "baz"),
+        snapshot(18, "f", "qux"),
+        # orphans: a reaction and a snapshot for a request that was never shown
+        event(19, "completion_accepted", request_id="ghost", accepted_len=3),
+        snapshot(20, "ghost", "x"),
+    ]
+    silver, orphans = mine(frame(spark, rows))
+    got = silver.select("request_id", "outcome", "final", "final_source", "edit_distance").orderBy(
+        "request_id"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("a", "accepted_unchanged", "1", "snapshot", 0),
+            ("b", "accepted_then_edited", "foo(2)", "snapshot", 1),
+            ("c", "partially_accepted", "bar(y)", "snapshot", 1),
+            ("d", "rejected_rewritten", "compute()", "snapshot", 7),
+            ("e", "rejected_nothing_kept", "", "snapshot", 4),
+            ("f", "abandoned", "qux", "snapshot", 3),
+        ],
+        "request_id string, outcome string, final string, final_source string, edit_distance int",
+    )
+    assertDataFrameEqual(got, expected)
+    assertDataFrameEqual(
+        orphans.select("request_id", "reason"),
+        spark.createDataFrame(
+            [("ghost", "reaction_without_shown"), ("ghost", "snapshot_without_shown")],
+            "request_id string, reason string",
+        ),
+    )
+
+
+def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
+    # doc: "x = |\ny = 2\n"; the user types "4", a typo "2" + backspace, then "2", and edits above
+    rows = [
+        event(0, "session_start", doc_len=10),
+        shown(1, "a", "42"),
+        event(2, "completion_rejected", request_id="a", reason="typed_over"),
+        event(3, "doc_change", offset=4, removed_len=0, inserted="4", cause="typing"),
+        event(4, "doc_change", offset=5, removed_len=0, inserted="7", cause="typing"),
+        event(5, "doc_change", offset=5, removed_len=1, inserted="", cause="delete"),
+        event(6, "doc_change", offset=5, removed_len=0, inserted="2", cause="typing"),
+        event(7, "doc_change", offset=0, removed_len=0, inserted="# header\n", cause="paste"),
+        snapshot(8, "a", "4", age=5),  # too young to count as settled
+    ]
+    silver, _ = mine(frame(spark, rows))
+    [row] = silver.collect()
+    assert (row["final"], row["final_source"], row["outcome"]) == ("42", "replay", "rejected_rewritten")
+
+
+# --------------------------------------------------------------------------- world data, known truth
+
+
+@dataclass(frozen=True)
+class Hand:
+    text: str
+    confidence: float = 0.9
+    shown: bool = True
+    num_tokens: int = 1
+
+
+class Oracle:
+    """Proposals built from the real code (exact, close, right start, wrong, hidden)."""
+
+    model_version = "oracle"
+
+    def __init__(self, texts: list[str], seed: int) -> None:
+        self.texts, self.rng = texts, random.Random(seed)
+
+    def complete(self, prefixes, suffixes=None):
+        return [self._one(p, s) for p, s in zip(prefixes, suffixes, strict=True)]
+
+    def _one(self, prefix: str, suffix: str) -> Hand:
+        text = next(t for t in self.texts if prefix in t and suffix[:200] in t)
+        pos = len(prefix) if text.startswith(prefix) else text.index(prefix) + len(prefix)
+        real = text[pos : text.index("\n", pos)]
+        kind = self.rng.choice(["exact", "close", "start", "wrong", "hidden"])
+        if kind == "exact":
+            return Hand(real)
+        if kind == "close" and len(real) > 4:
+            return Hand(real[:-1] + "Z")
+        if kind == "start" and len(real) > 3:
+            return Hand(real[: len(real) // 2] + " junk")
+        if kind == "hidden":
+            return Hand(real, 0.01, False)
+        return Hand("print('nope')")
+
+
+def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False):
+    cfg = load_config().config
+    files = [f for f in corpus.scan(corpus.team_repos(cfg), cfg).select("experience") if len(f.text) < 40_000]
+    specs = plan_day(files, date(2026, 11, 24), 40, seed, BehaviourParams(), DeliveryParams())
+    results = run_sessions(specs, Oracle([s.text for s in specs], seed), BehaviourParams(), concurrency=16)
+    sessions = [
+        [e for e in r.events if not (drop_snapshots and e["event_type"] == "region_snapshot")]
+        for r in results
+    ]
+    write_day(
+        lake, date(2026, 11, 24), sessions, DeliveryParams(duplicate_rate=0.01, late_session_rate=0.05), seed
+    )
+    return {s.request_id: s for r in results for s in r.shown}
+
+
+OUTCOME_OF_REACTION = {
+    "accept_exact": {"accepted_unchanged"},
+    "accept_close": {"accepted_then_edited"},
+    "accept_partial": {"partially_accepted"},
+    "reject": {"rejected_rewritten", "rejected_nothing_kept"},
+    "abandon": {"abandoned"},
+}
+
+
+@pytest.mark.parametrize("drop_snapshots", [False, True], ids=["snapshots", "replay-only"])
+def test_mined_final_matches_the_real_code(spark, tmp_path: Path, drop_snapshots: bool) -> None:
+    truth = world_day(tmp_path, seed=4, drop_snapshots=drop_snapshots)
+    for dt in ("2026-11-24", "2026-11-25"):
+        run_ingest(spark, str(tmp_path), dt)
+    manifest = run_mine(spark, str(tmp_path), "2026-11-24")
+    rows = {
+        r["request_id"]: r
+        for r in spark.read.parquet(str(tmp_path / "silver/refinements/dt=2026-11-24")).collect()
+    }
+    assert set(rows) == set(truth), "one row per shown proposal, late and duplicated events included"
+    matches = sum(rows[k]["final"] == t.final for k, t in truth.items())
+    assert matches / len(truth) >= 0.99, f"{matches}/{len(truth)} finals match"
+    for key, t in truth.items():
+        assert rows[key]["outcome"] in OUTCOME_OF_REACTION[t.reaction], (t, rows[key]["outcome"])
+    assert manifest["refinements"] == len(truth)
+    assert manifest["final_source"] == (
+        {"replay": len(truth)} if drop_snapshots else {"snapshot": len(truth)}
+    )
+    # rerun: identical rows
+    before = sorted(
+        map(tuple, spark.read.parquet(str(tmp_path / "silver/refinements/dt=2026-11-24")).collect())
+    )
+    run_mine(spark, str(tmp_path), "2026-11-24")
+    after = sorted(
+        map(tuple, spark.read.parquet(str(tmp_path / "silver/refinements/dt=2026-11-24")).collect())
+    )
+    assert before == after
+
+
+def test_mining_without_bronze_fails_clearly(spark, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="echoctl ingest --date 2026-01-01"):
+        run_mine(spark, str(tmp_path), "2026-01-01")
