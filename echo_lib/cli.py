@@ -361,5 +361,49 @@ def mine(
     )
 
 
+@app.command("build-dataset")
+def build_dataset(
+    ctx: typer.Context,
+    date: Annotated[str | None, typer.Option("--date", help="one date YYYY-MM-DD")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="first date of a window")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last date of a window")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Build gold sft/preference/kto datasets from silver refinements (spark-submit)."""
+    from echo_lib.submit import JobFailed, run_job
+
+    cfg = loaded(ctx).config
+    if date:
+        window, label = ["--date", _parse_date(date).isoformat()], _parse_date(date).isoformat()
+    elif start and end:
+        window = ["--from", _parse_date(start).isoformat(), "--to", _parse_date(end).isoformat()]
+        label = f"{window[1]}..{window[3]}"
+    else:
+        raise fail("give --date, or --from and --to", code=2)
+    try:
+        with console.status(f"building gold for {label} on {cfg.spark.master} ..."):
+            m = run_job(
+                cfg, "build_dataset", [*window, "--lake", cfg.lake_uri], log_name=f"build-dataset-{label}"
+            )
+    except JobFailed as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(m))
+        return
+    table = Table(title=f"gold funnel for {label}", title_justify="left")
+    for column in ("step", "rows in", "rows out", "dropped", "why"):
+        table.add_column(column)
+    for s in m["funnel"]:
+        if "rows_in" in s:
+            table.add_row(
+                s["step"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['dropped']:,}", s["reason"]
+            )
+        else:
+            table.add_row(s["step"], "", "", "", f"{s['count']} values replaced")
+    console.print(table)
+    rows = ", ".join(f"{k} {v['rows']:,}" for k, v in m["datasets"].items())
+    console.print(f"gold/{m['dt']}: {rows} (MLflow run {m.get('mlflow_run_id')})", highlight=False)
+
+
 if __name__ == "__main__":
     app()

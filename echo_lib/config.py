@@ -138,6 +138,22 @@ class WorldConfig(_Section):
     acceptance_seed: int = Field(1000, description="seed of the held-out acceptance sessions")
 
 
+class DatasetConfig(_Section):
+    min_chars: int = Field(3, ge=0, description="settled code shorter than this (stripped) teaches nothing")
+    cap_per_user: int = Field(2000, gt=0, description="most rows one developer contributes to a build")
+    cap_per_file: int = Field(200, gt=0, description="most rows one file contributes to a build")
+    near_dup_distance: float = Field(
+        0.2, gt=0, lt=1, description="MinHashLSH Jaccard distance below which rows are near duplicates"
+    )
+    validation_percent: int = Field(5, ge=0, le=50, description="share of sessions in the validation split")
+    opt_out_users: list[str] = Field(
+        default_factory=list, description="user ids whose data never reaches gold"
+    )
+    opt_out_repos: list[str] = Field(
+        default_factory=list, description="repo ids whose data never reaches gold"
+    )
+
+
 class EchoConfig(BaseSettings):
     """The effective configuration. Build it with :func:`load_config`."""
 
@@ -155,6 +171,7 @@ class EchoConfig(BaseSettings):
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
 
     @classmethod
     def settings_customise_sources(

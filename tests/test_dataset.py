@@ -1,0 +1,177 @@
+"""Silver -> gold: planted secrets never reach gold, the funnel reconciles, reruns are identical."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from echo_lib.mining.dataset import DEFAULT_SETTINGS, run_build
+from echo_lib.privacy import scrub
+
+SECRETS = {
+    "aws": "AKIAIOSFODNN7EXAMPLE",
+    "github": "ghp_" + "x1Y2z3" * 6,
+    "stripe": "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",
+    "slack": "xoxb-123456789012-1234567890123-" + "abcdefghijklmnopqrstuvwx",
+    "password": "hunter2-is-my-password",
+    "email": "jane.doe@example.com",
+    "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA"
+    + "Q" * 60
+    + "\n-----END RSA PRIVATE KEY-----",
+}
+LEAKS = [
+    ("prefix", 'KEY = "{aws}"\nTOKEN = "{github}"\n'),
+    ("proposal", 'stripe.api_key = "{stripe}"'),
+    ("final", 'password = "{password}"'),
+    ("final", 'slack_token = "{slack}"'),
+    ("prefix", "# maintainer: {email}\n{private_key}\n"),
+    ("suffix", '\nSECRET = "{github}"\n'),
+]
+T0 = datetime(2026, 11, 24, 9, tzinfo=UTC)
+
+
+def row(i: int, **overrides) -> dict:
+    base = {
+        "session_id": f"s{i % 7}",
+        "request_id": f"r{i:04d}",
+        "user_id": f"u{i % 3}",
+        "repo_id": "acme",
+        "doc_id": f"acme/m{i % 5}.py",
+        "model_version": "m1",
+        "trigger": "line_start",
+        "offset": 100 + i,
+        "prefix": f"def handler_{i}(event):\n    value_{i} = event.get('k{i}')\n    ",
+        "suffix": "\n",
+        "proposal": f"return value_{i}",
+        "confidence": 0.5,
+        "latency_ms": 100,
+        "shown_ts": T0 + timedelta(seconds=i),
+        "reaction": "rejected",
+        "accepted_len": None,
+        "reject_reason": "typed_over",
+        "reaction_ts": None,
+        "time_to_react_ms": None,
+        "final": f"return transform_{i}(value_{i}, scale={i})",
+        "final_source": "snapshot",
+        "outcome": "rejected_rewritten",
+        "edit_distance": 10,
+        "similarity": 0.5,
+        "snapshot_age_s": 600,
+        "shown_event_id": f"e{i}",
+        "reaction_event_id": None,
+        "snapshot_event_id": None,
+    }
+    return {**base, **overrides}
+
+
+def write_silver(spark, lake: Path, rows: list[dict]) -> None:
+    from echo_lib import lake as lake_io
+
+    df = spark.createDataFrame(
+        rows,
+        schema=(
+            "session_id string, request_id string, user_id string, repo_id string, doc_id string, model_version string, "
+            "trigger string, offset long, prefix string, suffix string, proposal string, confidence double, "
+            "latency_ms long, shown_ts timestamp, reaction string, accepted_len long, reject_reason string, "
+            "reaction_ts timestamp, time_to_react_ms double, final string, final_source string, outcome string, "
+            "edit_distance int, similarity double, snapshot_age_s long, shown_event_id string, "
+            "reaction_event_id string, snapshot_event_id string"
+        ),
+    )
+    lake_io.write_partition(spark, df, str(lake), "silver/refinements", "2026-11-24")
+
+
+def gold_text(spark, lake: Path) -> str:
+    parts = []
+    for name in ("sft", "preference", "kto"):
+        for r in spark.read.parquet(str(lake / "gold" / name / "dt=2026-11-24")).collect():
+            parts.extend(str(v) for v in r.asDict().values())
+    return "\n".join(parts)
+
+
+def test_scrub_finds_each_provider() -> None:
+    for name, secret in SECRETS.items():
+        line = (
+            f'db_password = "{secret}"' if name == "password" else f'x = "{secret}"'
+        )  # keyword needs a name
+        text, found = scrub(line)
+        assert found >= 1 and secret not in text, name
+
+
+@pytest.fixture
+def silver(spark, tmp_path: Path) -> Path:
+    rows = [row(i) for i in range(40)]
+    for k, (field, template) in enumerate(LEAKS):  # plant secrets in prefix, suffix, proposal and final
+        rows[k][field] = template.format(**SECRETS) + (rows[k][field] if field == "prefix" else "")
+    rows.append(row(40, final="  ", outcome="rejected_nothing_kept"))  # trivial
+    rows.append(row(41, user_id="opted-out-user"))  # opted out
+    rows.append(row(42, final=None, final_source=None))  # never settled
+    rows.append(
+        row(43, request_id="dup", prefix=rows[10]["prefix"], final=rows[10]["final"])
+    )  # exact duplicate
+    rows.append(row(44, final="return self._cache.get(key, default)"))  # a held-out line
+    rows.append(
+        row(
+            45,
+            session_id="s-other",
+            request_id="near",
+            prefix=rows[11]["prefix"] + " ",
+            final=rows[11]["final"],
+        )
+    )  # near duplicate from another session
+    write_silver(spark, tmp_path, rows)
+    return tmp_path
+
+
+def test_gold_has_no_secrets_and_the_funnel_reconciles(spark, silver: Path) -> None:
+    heldout = [
+        "class Cache:\n    def get(self, key, default=None):\n        return self._cache.get(key, default)\n"
+    ]
+    settings = {**DEFAULT_SETTINGS, "opt_out_users": ["opted-out-user"]}
+    m = run_build(spark, str(silver), ["2026-11-24"], heldout, settings=settings)
+    text = gold_text(spark, silver)
+    for name, secret in SECRETS.items():
+        assert secret not in text, f"{name} secret reached gold"
+    assert "<SECRET>" in text and "<EMAIL>" in text
+    steps = [s for s in m["funnel"] if "rows_in" in s]
+    assert steps[0]["rows_in"] == 46
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert after["rows_in"] == before["rows_out"]
+    dropped = {s["step"]: s["dropped"] for s in steps}
+    assert dropped == {
+        "settled": 1,
+        "non_trivial": 1,
+        "denoised": 0,
+        "opted_in": 1,
+        "capped": 0,
+        "scrubbed": 0,
+        "exact_deduped": 1,
+        "near_deduped": 1,
+        "decontaminated": 1,
+    }
+    assert m["datasets"]["sft"]["rows"] == steps[-1]["rows_out"] == 40
+    assert m["datasets"]["preference"]["rows"] == 40  # every kept code differs from its proposal
+    assert m["datasets"]["kto"]["rows"] == 80
+
+
+def test_rebuild_is_identical(spark, silver: Path) -> None:
+    first = run_build(spark, str(silver), ["2026-11-24"], [])
+    second = run_build(spark, str(silver), ["2026-11-24"], [])
+    assert {k: v["sha256"] for k, v in first["datasets"].items()} == {
+        k: v["sha256"] for k, v in second["datasets"].items()
+    }
+    assert first["sha256"] == second["sha256"]
+
+
+def test_caps_limit_one_developer(spark, silver: Path) -> None:
+    settings = {**DEFAULT_SETTINGS, "cap_per_user": 5, "opt_out_users": ["opted-out-user"]}
+    m = run_build(spark, str(silver), ["2026-11-24"], [], settings=settings)
+    capped = next(s for s in m["funnel"] if s["step"] == "capped")
+    assert capped["rows_out"] == 3 * 5  # three developers (u0, u1, u2), five rows each
+
+
+def test_empty_window_fails_clearly(spark, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="echoctl mine"):
+        run_build(spark, str(tmp_path), ["2026-01-01"], [])
