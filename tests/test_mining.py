@@ -238,6 +238,7 @@ def test_mined_final_matches_the_real_code(spark, tmp_path: Path, drop_snapshots
     }
     assert set(rows) == set(truth), "one row per shown proposal, late and duplicated events included"
     matches = sum(rows[k]["final"] == t.final for k, t in truth.items())
+    print(f"mined final == real code for {matches}/{len(truth)} shown proposals ({matches / len(truth):.2%})")
     assert matches / len(truth) >= 0.99, f"{matches}/{len(truth)} finals match"
     for key, t in truth.items():
         assert rows[key]["outcome"] in OUTCOME_OF_REACTION[t.reaction], (t, rows[key]["outcome"])
@@ -259,3 +260,49 @@ def test_mined_final_matches_the_real_code(spark, tmp_path: Path, drop_snapshots
 def test_mining_without_bronze_fails_clearly(spark, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="echoctl ingest --date 2026-01-01"):
         run_mine(spark, str(tmp_path), "2026-01-01")
+
+
+def test_noise_in_the_edit_stream_replays_to_the_settled_code(spark) -> None:
+    # typo loop, undo/redo, a trial-and-error rewrite, duplicated and out-of-order deliveries
+    rows = [
+        event(0, "session_start", doc_len=10),
+        shown(1, "a", "compute()"),
+        event(2, "completion_rejected", request_id="a", reason="typed_over"),
+        event(3, "doc_change", offset=4, removed_len=0, inserted="tmp", cause="typing"),  # attempt
+        event(4, "doc_change", offset=4, removed_len=3, inserted="", cause="delete"),  # ...abandoned
+        event(5, "doc_change", offset=4, removed_len=0, inserted="fx", cause="typing"),  # typo 'x'
+        event(6, "doc_change", offset=5, removed_len=1, inserted="", cause="delete"),
+        event(7, "doc_change", offset=5, removed_len=0, inserted="(1)", cause="typing"),
+        event(8, "doc_change", offset=4, removed_len=4, inserted="", cause="undo"),
+        event(9, "doc_change", offset=4, removed_len=0, inserted="f(1)", cause="redo"),
+    ]
+    delivered = rows + [dict(rows[5], _line_no=99)]  # a redelivered copy (same event_id)
+    delivered.reverse()  # arrival order is not seq order
+    from echo_lib.mining.refinements import scope_sessions
+
+    events = scope_sessions(frame(spark, delivered), "2026-11-24")
+    silver, _ = mine(events)
+    [row] = silver.collect()
+    assert (row["final"], row["final_source"]) == ("f(1)", "replay")
+
+
+def test_lookback_rule_assigns_each_session_to_its_first_day(spark) -> None:
+    from echo_lib.mining.refinements import scope_sessions
+
+    def on(dt: str, row: dict) -> dict:
+        return {**row, "dt": dt}
+
+    rows = [
+        # s1 starts on the 24th; its tail arrives late, in the 25th's partition
+        on("2026-11-24", event(0, "session_start", session="s1", doc_len=0)),
+        on("2026-11-25", event(1, "session_end", session="s1", doc_len=0)),
+        # s0 belongs to the 23rd (first seen then), even though an event arrived on the 24th
+        on("2026-11-23", event(0, "session_start", session="s0", doc_len=0)),
+        on("2026-11-24", event(1, "session_end", session="s0", doc_len=0)),
+        # s2 first arrives on the 25th: it is the 25th's session
+        on("2026-11-25", event(0, "session_start", session="s2", doc_len=0)),
+        # a duplicate of s1's start delivered again the next day is still one event
+        on("2026-11-25", event(0, "session_start", session="s1", doc_len=0)),
+    ]
+    scoped = scope_sessions(frame(spark, rows), "2026-11-24")
+    assert sorted((r["session_id"], r["seq"]) for r in scoped.collect()) == [("s1", 0), ("s1", 1)]
