@@ -18,11 +18,10 @@ console = Console()
 ECHOCTL = str(Path(sys.executable).with_name("echoctl"))
 
 PLANNED = """\
-Still to come (issues [4/7] to [7/7]), each added to this demo as it lands:
-  3. nightly (Airflow): ingest -> mine refinements -> build gold datasets, on Spark
-  4. train (Airflow): DeepSpeed fine-tune from the champion on the gold data -> challenger
-  5. evaluate + promote: held-out acceptance, paired CI, promotion gate -> new champion
-  ... for two nightly rounds, then a round-by-round table of acceptance with CIs."""
+Still to come (issues [5/7] to [7/7]), each added to this demo as it lands:
+  - train: DeepSpeed fine-tune from the champion on the gold data -> challenger
+  - evaluate + promote: held-out acceptance, paired CI, promotion gate -> new champion
+  - Airflow runs it all as nightly DAGs, two rounds, then a round-by-round acceptance table."""
 
 
 def stage(title: str, *args: str) -> None:
