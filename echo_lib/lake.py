@@ -58,10 +58,9 @@ class _Fs:
         finally:
             stream.close()
 
-    def list_dirs(self, uri: str) -> list[str]:
-        if not self.exists(uri):
-            return []
-        return [str(s.getPath().getName()) for s in self.fs.listStatus(self.Path(uri)) if s.isDirectory()]
+    def delete_glob(self, pattern: str) -> None:
+        for status in self.fs.globStatus(self.Path(pattern)) or []:
+            self.fs.delete(status.getPath(), True)
 
 
 def write_partition(
@@ -79,11 +78,14 @@ def write_partition(
     final = partition_uri(lake, table, dt)
     staging = table_uri(lake, table, "_staging", f"dt={dt}-{uuid.uuid4().hex[:12]}")
     trash = table_uri(lake, table, "_trash", f"dt={dt}-{uuid.uuid4().hex[:12]}")
+    fs = _Fs(spark, final)
+    # debris of an earlier crashed write of this same partition (other dates may be writing now)
+    fs.delete_glob(table_uri(lake, table, "_staging", f"dt={dt}-*"))
+    fs.delete_glob(table_uri(lake, table, "_trash", f"dt={dt}-*"))
     out = df.coalesce(files) if files else df
     if sort_within:
         out = out.sortWithinPartitions(*sort_within)
     out.write.mode("overwrite").parquet(staging)
-    fs = _Fs(spark, final)
     if manifest is not None:
         fs.write_text(
             f"{staging}/_manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str)
@@ -93,22 +95,6 @@ def write_partition(
     fs.rename(staging, final)
     fs.delete(trash)
     return final
-
-
-def clean_staging(spark: SparkSession, lake: str, table: str) -> None:
-    """Remove leftovers of crashed writes (staging and trash folders)."""
-    fs = _Fs(spark, table_uri(lake, table))
-    for folder in ("_staging", "_trash"):
-        uri = table_uri(lake, table, folder)
-        if fs.exists(uri):
-            fs.delete(uri)
-
-
-def read_manifest(spark: SparkSession, lake: str, table: str, dt: str) -> dict[str, Any] | None:
-    uri = f"{partition_uri(lake, table, dt)}/_manifest.json"
-    if not _Fs(spark, uri).exists(uri):
-        return None
-    return json.loads(spark.read.text(uri, wholetext=True).collect()[0][0])
 
 
 def exists(spark: SparkSession, uri: str) -> bool:

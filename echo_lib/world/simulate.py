@@ -11,7 +11,6 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -104,14 +103,6 @@ def plan_day(
     if not specs:
         raise ValueError("no file is long enough to simulate a session on")
     return specs
-
-
-@dataclass
-class WorldRun:
-    results: list[SessionResult]
-    requests: int = 0
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_sessions(
