@@ -302,6 +302,17 @@ def acceptance(
     console.print(table)
 
 
+def _spark_job(cfg, job: str, args: list[str], *, log_name: str, doing: str) -> dict:
+    """Submit ``jobs/<job>.py`` with the lake and master from config; one-line error on failure."""
+    from echo_lib.submit import JobFailed, run_job
+
+    try:
+        with console.status(f"{doing} on {cfg.spark.master} ..."):
+            return run_job(cfg, job, [*args, "--lake", cfg.lake_uri], log_name=log_name)
+    except JobFailed as exc:
+        raise fail(str(exc)) from exc
+
+
 @app.command()
 def ingest(
     ctx: typer.Context,
@@ -309,17 +320,9 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="print the partition manifest as JSON")] = False,
 ) -> None:
     """Validate one day of raw telemetry into bronze (spark-submit on spark.master)."""
-    from echo_lib.submit import JobFailed, run_job
-
     cfg = loaded(ctx).config
     day = _parse_date(date).isoformat()
-    try:
-        with console.status(f"ingesting {day} on {cfg.spark.master} ..."):
-            m = run_job(
-                cfg, "ingest_events", ["--date", day, "--lake", cfg.lake_uri], log_name=f"ingest-{day}"
-            )
-    except JobFailed as exc:
-        raise fail(str(exc)) from exc
+    m = _spark_job(cfg, "ingest_events", ["--date", day], log_name=f"ingest-{day}", doing=f"ingesting {day}")
     if as_json:
         print(json.dumps(m))
         return
@@ -338,17 +341,9 @@ def mine(
     as_json: Annotated[bool, typer.Option("--json", help="print the partition manifest as JSON")] = False,
 ) -> None:
     """Mine one day of bronze events into silver refinements (spark-submit on spark.master)."""
-    from echo_lib.submit import JobFailed, run_job
-
     cfg = loaded(ctx).config
     day = _parse_date(date).isoformat()
-    try:
-        with console.status(f"mining {day} on {cfg.spark.master} ..."):
-            m = run_job(
-                cfg, "mine_refinements", ["--date", day, "--lake", cfg.lake_uri], log_name=f"mine-{day}"
-            )
-    except JobFailed as exc:
-        raise fail(str(exc)) from exc
+    m = _spark_job(cfg, "mine_refinements", ["--date", day], log_name=f"mine-{day}", doing=f"mining {day}")
     if as_json:
         print(json.dumps(m))
         return
@@ -370,8 +365,6 @@ def build_dataset(
     as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
 ) -> None:
     """Build gold sft/preference/kto datasets from silver refinements (spark-submit)."""
-    from echo_lib.submit import JobFailed, run_job
-
     cfg = loaded(ctx).config
     if date:
         window, label = ["--date", _parse_date(date).isoformat()], _parse_date(date).isoformat()
@@ -380,13 +373,9 @@ def build_dataset(
         label = f"{window[1]}..{window[3]}"
     else:
         raise fail("give --date, or --from and --to", code=2)
-    try:
-        with console.status(f"building gold for {label} on {cfg.spark.master} ..."):
-            m = run_job(
-                cfg, "build_dataset", [*window, "--lake", cfg.lake_uri], log_name=f"build-dataset-{label}"
-            )
-    except JobFailed as exc:
-        raise fail(str(exc)) from exc
+    m = _spark_job(
+        cfg, "build_dataset", window, log_name=f"build-dataset-{label}", doing=f"building gold for {label}"
+    )
     if as_json:
         print(json.dumps(m))
         return
