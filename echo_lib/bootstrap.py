@@ -113,9 +113,15 @@ def bootstrap(
     work = cfg.var_path / "work" / "bootstrap" / run_id
     try:
         work.mkdir(parents=True, exist_ok=True)
-        progress(f"training a {preset.vocab_size}-token BPE tokenizer on public code ...")
-        tokenizer_texts = training_texts(public, min(TOKENIZER_TRAIN_CHARS, preset.max_train_chars))
-        tokenizer = train_tokenizer(tokenizer_texts, preset.vocab_size)
+        base = cfg.train.base_model
+        if base:
+            progress(f"starting from {base} (from_pretrained) ...")
+            tokenizer = _load_base_tokenizer(base)
+            client.set_tag(run_id, "echo.base_model", base)
+        else:
+            progress(f"training a {preset.vocab_size}-token BPE tokenizer on public code ...")
+            tokenizer_texts = training_texts(public, min(TOKENIZER_TRAIN_CHARS, preset.max_train_chars))
+            tokenizer = train_tokenizer(tokenizer_texts, preset.vocab_size)
         tokenizer.save_pretrained(work / "tokenizer")
         progress("packing training blocks ...")
         data = pack_blocks(texts, tokenizer, preset.context_length, work / "blocks.npy")
@@ -128,6 +134,7 @@ def bootstrap(
             output_dir=str(work / "model"),
             checkpoint_dir=str(cfg.checkpoint_dir / "bootstrap" / run_id),
             preset=preset.name,
+            init_model=base,
             max_steps=max_steps or preset.max_steps,
             micro_batch_size=preset.micro_batch_size,
             grad_accum=preset.grad_accum,
@@ -165,6 +172,7 @@ def bootstrap(
             cfg,
             run_id,
             tags={
+                "echo.base_model": base or "none",
                 "echo.stage": "bootstrap",
                 "echo.preset": preset.name,
                 "echo.parent": "none",
@@ -185,6 +193,15 @@ def bootstrap(
     return BootstrapResult(
         "registered", str(version.version), run_id, report, time.perf_counter() - start, data
     )
+
+
+def _load_base_tokenizer(base: str):
+    from echo_lib.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(base)
+    except (OSError, ValueError) as exc:
+        raise BootstrapError(f"cannot load train.base_model {base!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def _metrics(values: dict[str, float | None]):

@@ -101,6 +101,11 @@ class TrainSettings(_Section):
         1, gt=0, description="torch intra-op threads per rank (measured: 1 is best on 2 cores)"
     )
     checkpoint_dir: str = Field("", description="training checkpoints; default <var>/checkpoints")
+    base_model: str | None = Field(
+        None,
+        description="a local Hugging Face checkpoint directory or model id: bootstrap starts from its "
+        "tokenizer and weights (from_pretrained) instead of training them from scratch",
+    )
 
     @model_validator(mode="after")
     def _multi_node_needs_hostfile(self) -> TrainSettings:

@@ -68,20 +68,22 @@ def show_heldout_completions(count: int = 5, seed: int = 0) -> None:
 
 
 def main() -> None:
-    start = time.perf_counter()
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
-    today = datetime.now(UTC).date().isoformat()
-    stage("1/4 doctor: every component of the stack, for real", "doctor")
-    stage("2/4 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
+    start = time.perf_counter()
+    now = datetime.now(UTC).date()
+    today, tomorrow = now.isoformat(), (now + timedelta(days=1)).isoformat()
+    stage("1/7 doctor: every component of the stack, for real", "doctor")
+    stage("2/7 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
     show_heldout_completions()
+    stage(f"3/7 world: one day ({today}) of developers on experience code", "simulate", "--date", today)
+    stage(f"4/7 ingest {today} (Spark): validate, quarantine, deduplicate", "ingest", "--date", today)
     stage(
-        f"3/4 world: one day ({today}) of developers on experience code, served by the champion",
-        "simulate",
-        "--date",
-        today,
+        f"4/7 ingest {tomorrow}: late uploads of {today}'s sessions land there", "ingest", "--date", tomorrow
     )
-    stage("4/4 the champion's acceptance on held-out code (paired sessions, 95% CI)", "acceptance")
+    stage(f"5/7 mine {today} (Spark): one refinement per shown proposal", "mine", "--date", today)
+    stage(f"6/7 gold datasets for {today} (Spark): denoise, scrub, dedupe", "build-dataset", "--date", today)
+    stage("7/7 the champion's acceptance on held-out code (paired sessions, 95% CI)", "acceptance")
     console.print(Rule())
     console.print(PLANNED, highlight=False)
     console.print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")

@@ -187,7 +187,7 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
 def run(job: TrainJob) -> dict[str, Any]:
     """Train according to ``job`` inside an already-launched distributed process group."""
     import torch
-    from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
     from echo_lib.presets import build_model_config, get_preset
     from echo_lib.tokenizer import load_tokenizer
@@ -198,7 +198,7 @@ def run(job: TrainJob) -> dict[str, Any]:
     set_seed(job.seed)
     tokenizer = load_tokenizer(job.tokenizer_path)
     if job.init_model:
-        model = LlamaForCausalLM.from_pretrained(job.init_model, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(job.init_model, dtype=torch.float32)
     else:
         model = LlamaForCausalLM(build_model_config(preset, tokenizer))
     initial_digest = param_digest(model)

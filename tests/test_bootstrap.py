@@ -105,3 +105,57 @@ def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_echoctl(tmp_path / "var", "bootstrap", "--preset", "huge")
     assert proc.returncode == 1
     assert "unknown preset 'huge'" in proc.stderr
+
+
+def test_bootstrap_starts_from_a_checkpoint_with_from_pretrained(tmp_path: Path) -> None:
+    """A user with a real checkpoint gives its directory; here, one the project saved itself."""
+    import inspect
+    import json as json_module
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from echo_lib.presets import build_model_config, get_preset
+    from echo_lib.tokenizer import train_tokenizer
+    from echo_lib.train import param_digest
+
+    tokenizer = train_tokenizer([inspect.getsource(json_module.decoder)] * 4, vocab_size=300)
+    torch.manual_seed(7)
+    model = LlamaForCausalLM(build_model_config(get_preset("tiny"), tokenizer))
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+
+    var = tmp_path / "var"
+    proc = run_echoctl(
+        var,
+        "--set",
+        f"train.base_model={checkpoint}",
+        "bootstrap",
+        "--preset",
+        "tiny",
+        "--num-procs",
+        "1",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    reports = _reports(var, result["run_id"])
+    assert reports[0]["initial_digest"] == param_digest(model)  # training started from those weights
+    assert reports[0]["final_digest"] != reports[0]["initial_digest"]
+    from echo_lib import registry
+
+    version = registry.version_by_alias(_cfg(var), registry.CHAMPION)
+    assert version.tags["echo.base_model"] == str(checkpoint)
+
+    missing = run_echoctl(
+        tmp_path / "var2",
+        "--set",
+        f"train.base_model={tmp_path / 'nope'}",
+        "bootstrap",
+        "--preset",
+        "tiny",
+        "--num-procs",
+        "1",
+    )
+    assert missing.returncode == 1 and "cannot load train.base_model" in missing.stderr
