@@ -279,7 +279,20 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    run(job)
+    try:
+        run(job)
+    finally:
+        _shutdown_process_group()
+
+
+def _shutdown_process_group() -> None:
+    """Leave the process group together: a rank that exits while its peer still holds the gloo/shm
+    communicator can abort at interpreter shutdown ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
