@@ -279,10 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    try:
-        run(job)
-    finally:
-        _shutdown_process_group()
+    run(job)
+    _shutdown_process_group()  # only after success: a barrier with a dead peer would hang
 
 
 def _shutdown_process_group() -> None:
