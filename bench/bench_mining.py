@@ -27,21 +27,12 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DAY = "2026-11-24"
-
-
-@dataclass(frozen=True)
-class Hand:
-    text: str
-    confidence: float = 0.9
-    shown: bool = True
-    num_tokens: int = 1
 
 
 class Oracle:
@@ -51,19 +42,16 @@ class Oracle:
         self.texts, self.rng = texts, random.Random(seed)
 
     def complete(self, prefixes, suffixes=None):
+        from echo_lib.engine import Proposal
+
         out = []
         for prefix, suffix in zip(prefixes, suffixes, strict=True):
             text = next(t for t in self.texts if prefix in t and suffix[:200] in t)
             pos = len(prefix) if text.startswith(prefix) else text.index(prefix) + len(prefix)
             real = text[pos : text.index("\n", pos)]
             kind = self.rng.random()
-            out.append(
-                Hand(real)
-                if kind < 0.2
-                else Hand(real[: len(real) // 2] + "x")
-                if kind < 0.5
-                else Hand("pass")
-            )
+            proposed = real if kind < 0.2 else real[: len(real) // 2] + "x" if kind < 0.5 else "pass"
+            out.append(Proposal(text=proposed, confidence=0.9, shown=True, num_tokens=1))
         return out
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -12,11 +11,13 @@ from pyspark.testing import assertDataFrameEqual
 
 from echo_lib import corpus
 from echo_lib.config import load_config
+from echo_lib.engine import Proposal
 from echo_lib.mining.ingest import run_ingest
 from echo_lib.mining.refinements import mine, run_mine
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.simulate import plan_day, run_sessions
+from tests.scripted import proposal
 
 T0 = datetime(2026, 11, 24, 9, tzinfo=UTC)
 
@@ -167,14 +168,6 @@ def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
 # --------------------------------------------------------------------------- world data, known truth
 
 
-@dataclass(frozen=True)
-class Hand:
-    text: str
-    confidence: float = 0.9
-    shown: bool = True
-    num_tokens: int = 1
-
-
 class Oracle:
     """Proposals built from the real code (exact, close, right start, wrong, hidden)."""
 
@@ -186,20 +179,20 @@ class Oracle:
     def complete(self, prefixes, suffixes=None):
         return [self._one(p, s) for p, s in zip(prefixes, suffixes, strict=True)]
 
-    def _one(self, prefix: str, suffix: str) -> Hand:
+    def _one(self, prefix: str, suffix: str) -> Proposal:
         text = next(t for t in self.texts if prefix in t and suffix[:200] in t)
         pos = len(prefix) if text.startswith(prefix) else text.index(prefix) + len(prefix)
         real = text[pos : text.index("\n", pos)]
         kind = self.rng.choice(["exact", "close", "start", "wrong", "hidden"])
         if kind == "exact":
-            return Hand(real)
+            return proposal(real)
         if kind == "close" and len(real) > 4:
-            return Hand(real[:-1] + "Z")
+            return proposal(real[:-1] + "Z")
         if kind == "start" and len(real) > 3:
-            return Hand(real[: len(real) // 2] + " junk")
+            return proposal(real[: len(real) // 2] + " junk")
         if kind == "hidden":
-            return Hand(real, 0.01, False)
-        return Hand("print('nope')")
+            return proposal(real, 0.01, False)
+        return proposal("print('nope')")
 
 
 def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False):

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -16,22 +16,14 @@ from hypothesis import strategies as st
 
 from echo_lib import corpus
 from echo_lib.config import load_config
+from echo_lib.engine import Proposal
 from echo_lib.events import validate_event
 from echo_lib.world import session as session_module
 from echo_lib.world.behaviour import BehaviourParams, decide, similarity, word_prefix_len
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.session import SessionSpec, simulate
 from echo_lib.world.simulate import acceptance_summary, plan_day, run_sessions
-
-
-@dataclass(frozen=True)
-class Hand:
-    """A proposal as the engine returns it."""
-
-    text: str
-    confidence: float = 0.9
-    shown: bool = True
-    num_tokens: int = 1
+from tests.scripted import proposal
 
 
 @pytest.fixture(autouse=True)
@@ -50,22 +42,22 @@ def real_files() -> list[corpus.SourceFile]:
 def oracle(text: str, rng: random.Random):
     """Proposals built from the real code: exact, close, right start, wrong, empty or hidden."""
 
-    def propose(request) -> Hand:
+    def propose(request) -> Proposal:
         pos = len(request.prefix)
         real = text[pos : text.index("\n", pos)]
         kind = rng.choice(["exact", "close", "start", "wrong", "empty", "hidden"])
         if kind == "exact":
-            return Hand(real)
+            return proposal(real)
         if kind == "close" and len(real) > 4:
             i = rng.randrange(len(real))
-            return Hand(real[:i] + "Z" + real[i + 1 :])
+            return proposal(real[:i] + "Z" + real[i + 1 :])
         if kind == "start" and len(real) > 3:
-            return Hand(real[: rng.randint(1, len(real) - 1)] + " junk(x)")
+            return proposal(real[: rng.randint(1, len(real) - 1)] + " junk(x)")
         if kind == "hidden":
-            return Hand(real, confidence=0.01, shown=False)
+            return proposal(real, confidence=0.01, shown=False)
         if kind == "empty":
-            return Hand("", confidence=0.0, shown=False)
-        return Hand("print('nope')")
+            return proposal("", confidence=0.0, shown=False)
+        return proposal("print('nope')")
 
     return propose
 
@@ -164,10 +156,10 @@ QUIET = BehaviourParams(
 def one_proposal(text: str):
     """Propose ``text`` at the first trigger on the 'return' line, nothing elsewhere."""
 
-    def propose(request) -> Hand:
+    def propose(request) -> Proposal:
         if request.prefix.endswith("def add(a, b):\n    "):
-            return Hand(text)
-        return Hand("", 0.0, False)
+            return proposal(text)
+        return proposal("", 0.0, False)
 
     return propose
 
