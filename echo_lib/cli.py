@@ -6,6 +6,7 @@ Every command prints a short human summary and exits non-zero with a one-line re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -392,6 +393,61 @@ def build_dataset(
     console.print(table)
     rows = ", ".join(f"{k} {v['rows']:,}" for k, v in m["datasets"].items())
     console.print(f"gold/{m['dt']}: {rows} (MLflow run {m.get('mlflow_run_id')})", highlight=False)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    start: Annotated[str | None, typer.Option("--from", help="first gold date of the window")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last gold date of the window")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="sft, dpo, kto or sft+dpo (default: learn.objective)")
+    ] = None,
+    num_procs: Annotated[
+        int | None, typer.Option("--num-procs", help="training ranks (default: train.num_procs)")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="steps per stage (default: learn.max_steps)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="finish the last interrupted run from its checkpoint")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with the result")] = False,
+) -> None:
+    """Refine the champion on gold datasets (DeepSpeed + TRL) and register it as @challenger."""
+    from echo_lib.corpus import CorpusError
+    from echo_lib.learn import TrainError
+    from echo_lib.learn import train as run_train
+
+    cfg = loaded(ctx).config
+    try:
+        result = run_train(
+            cfg,
+            start=_parse_date(start).isoformat() if start else None,
+            end=_parse_date(end).isoformat() if end else None,
+            objective=objective,
+            num_procs=num_procs,
+            max_steps=max_steps,
+            resume=resume,
+            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        )
+    except (TrainError, CorpusError, ValueError, FileNotFoundError) as exc:
+        raise fail(f"train failed: {exc}") from exc
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), default=str))
+        return
+    name = cfg.mlflow.registered_model
+    for s in result.stages:
+        console.print(
+            f"  {s['name']}: {s['steps']} steps, {s['rows']:,} rows ({s['replay_rows']:,} replay), "
+            f"{s['tokens']:,} tokens at {s['tokens_per_s'] or 0:,.0f}/s, final loss {s['final_loss']:.3f}",
+            highlight=False,
+        )
+    console.print(
+        f"registered models:/{name}/{result.version} as @challenger (parent v{result.parent_version}, "
+        f"gold {result.dates[0]}..{result.dates[-1]}) in {result.seconds:.0f} s; MLflow run {result.run_id}",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

@@ -159,6 +159,26 @@ class DatasetConfig(_Section):
     )
 
 
+class LearnSettings(_Section):
+    """``echoctl train``: refining the champion on gold datasets."""
+
+    objective: Literal["sft", "dpo", "kto", "sft+dpo"] = Field(
+        "sft", description="sft (prompt -> kept code), dpo (kept over proposed), kto, or sft then dpo"
+    )
+    window_days: int = Field(7, gt=0, description="without --from/--to: the newest N gold dates")
+    max_steps: int = Field(
+        0, ge=0, description="optimizer steps per stage; 0 = about two epochs of the window, capped"
+    )
+    max_steps_cap: int = Field(300, gt=0, description="most steps per stage when max_steps is 0")
+    learning_rate: float = Field(5e-4, gt=0, lt=1, description="peak learning rate when refining")
+    replay_share: float = Field(
+        0.3, ge=0, lt=1, description="share of SFT/KTO rows that are public code (guards against forgetting)"
+    )
+    beta: float = Field(0.1, gt=0, description="DPO/KTO beta")
+    save_steps: int = Field(50, gt=0, description="checkpoint every K steps (resume point)")
+    seed: int = Field(0, description="seed for data order, replay sampling and init")
+
+
 class EchoConfig(BaseSettings):
     """The effective configuration. Build it with :func:`load_config`."""
 
@@ -177,6 +197,7 @@ class EchoConfig(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
 
     @classmethod
     def settings_customise_sources(

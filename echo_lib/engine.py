@@ -490,6 +490,11 @@ def _sanitise(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:120]
 
 
+def fetch_model(uri: str, tracking_uri: str | None = None, cache_dir: Path | None = None) -> Path:
+    """Download an MLflow model URI's HF directory once (cached); return the local directory."""
+    return _fetch_from_mlflow(uri, tracking_uri, cache_dir)[0]
+
+
 def _fetch_from_mlflow(uri: str, tracking_uri: str | None, cache_dir: Path | None) -> tuple[Path, str]:
     """Resolve an MLflow URI and download its artifacts once; return (local dir, model_version)."""
     try:

@@ -38,7 +38,17 @@ class TrainJob:
     output_dir: str = field(metadata={"help": "final model directory (safetensors + tokenizer)"})
     checkpoint_dir: str = field(metadata={"help": "DeepSpeed/Trainer checkpoints (resume from here)"})
     preset: str = field(default="default", metadata={"help": "model size preset (echo_lib.presets)"})
-    objective: Literal["clm"] = field(default="clm", metadata={"help": "clm: next-token prediction on code"})
+    objective: Literal["clm", "sft", "dpo", "kto"] = field(
+        default="clm",
+        metadata={
+            "help": "clm: next-token prediction on token blocks (.npy); sft / dpo / kto: TRL's trainers on "
+            "a Parquet of prompt/completion, prompt/chosen/rejected or prompt/completion/label rows"
+        },
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO temperature of the implicit reward"})
+    max_length: int | None = field(
+        default=None, metadata={"help": "longest prompt+completion in tokens; None = the model's context"}
+    )
     init_model: str | None = field(
         default=None, metadata={"help": "warm-start directory; None builds from the preset"}
     )
@@ -60,6 +70,9 @@ class TrainJob:
     )
     mlflow_tracking_uri: str | None = field(default=None, metadata={"help": "where rank 0 logs"})
     mlflow_run_id: str | None = field(default=None, metadata={"help": "existing run rank 0 logs into"})
+    metric_prefix: str = field(
+        default="", metadata={"help": "prefix of logged metric names (stage of a sequence)"}
+    )
 
     def __post_init__(self) -> None:
         from echo_lib.presets import get_preset
@@ -72,6 +85,10 @@ class TrainJob:
             problems.append("micro_batch_size and grad_accum must be positive")
         if not 0 < self.learning_rate < 1:
             problems.append("learning_rate must be in (0, 1)")
+        if self.objective not in ("clm", "sft", "dpo", "kto"):
+            problems.append(f"objective must be clm, sft, dpo or kto, not {self.objective!r}")
+        if self.objective in ("dpo", "kto") and not self.init_model:
+            problems.append(f"{self.objective} refines an existing model: init_model is required")
         if self.zero_stage not in (0, 1, 2, 3):
             problems.append("zero_stage must be 0, 1, 2 or 3")
         if self.warmup_steps < 0 or self.save_steps <= 0 or self.logging_steps <= 0:
@@ -153,7 +170,8 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
 
         def __init__(self) -> None:
             self.client = None
-            self.last = (time.perf_counter(), 0)
+            self.last = (time.perf_counter(), 0, 0)
+            self.start_tokens = 0
             self.history: list[dict[str, float]] = []
             self.start_step = 0
 
@@ -162,23 +180,28 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
                 import mlflow
 
                 self.client = mlflow.MlflowClient(tracking_uri=job.mlflow_tracking_uri)
-            self.last = (time.perf_counter(), state.global_step)
-            self.start_step = state.global_step
+            seen = state.num_input_tokens_seen or tokens_per_step * state.global_step
+            self.last = (time.perf_counter(), state.global_step, seen)
+            self.start_step, self.start_tokens = state.global_step, seen
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
             now, step = time.perf_counter(), state.global_step
             metrics = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and k != "epoch"}
+            seen = state.num_input_tokens_seen or tokens_per_step * step
             if step > self.last[1]:
-                metrics["tokens_per_s"] = tokens_per_step * (step - self.last[1]) / (now - self.last[0])
-            self.last = (now, step)
+                metrics["tokens_per_s"] = (seen - self.last[2]) / (now - self.last[0])
+            self.last = (now, step, seen)
             self.history.append({"step": step, **metrics})
             if self.client is not None:
                 from mlflow.entities import Metric
 
                 stamp = int(time.time() * 1000)
-                batch = [Metric(key=k, value=v, timestamp=stamp, step=step) for k, v in metrics.items()]
+                batch = [
+                    Metric(key=job.metric_prefix + k, value=v, timestamp=stamp, step=step)
+                    for k, v in metrics.items()
+                ]
                 self.client.log_batch(job.mlflow_run_id, metrics=batch)
 
     return MlflowRank0()
@@ -187,7 +210,7 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
 def run(job: TrainJob) -> dict[str, Any]:
     """Train according to ``job`` inside an already-launched distributed process group."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM, set_seed
 
     from echo_lib.presets import build_model_config, get_preset
     from echo_lib.tokenizer import load_tokenizer
@@ -202,10 +225,8 @@ def run(job: TrainJob) -> dict[str, Any]:
     else:
         model = LlamaForCausalLM(build_model_config(preset, tokenizer))
     initial_digest = param_digest(model)
-    dataset = TokenBlocks(job.data_path)
-    context = dataset.blocks.shape[1]
     bf16 = bf16_supported(job.use_cpu) if job.bf16 is None else job.bf16
-    args = TrainingArguments(
+    common = dict(
         output_dir=job.checkpoint_dir,
         max_steps=job.max_steps,
         per_device_train_batch_size=job.micro_batch_size,
@@ -228,24 +249,34 @@ def run(job: TrainJob) -> dict[str, Any]:
         disable_tqdm=rank != 0,
         log_level="warning",
     )
-    tokens_per_step = job.micro_batch_size * job.grad_accum * world * context
+    if job.objective == "clm":
+        dataset = TokenBlocks(job.data_path)
+        tokens_per_step = job.micro_batch_size * job.grad_accum * world * dataset.blocks.shape[1]
+    else:
+        dataset = _rows_dataset(job)
+        tokens_per_step = 0  # variable-length rows: the trainer counts tokens seen instead
+        common["include_num_input_tokens_seen"] = "non_padding"
     logger = _mlflow_callback(job, tokens_per_step)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[logger])
+    trainer = _trainer(job, model, tokenizer, dataset, common, logger)
     start = time.perf_counter()
     resume = bool(job.resume and _has_checkpoint(job.checkpoint_dir))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     trainer.save_model(job.output_dir)  # collective under ZeRO-3; writes on rank 0 only
     final_model = trainer.model_wrapped.module if hasattr(trainer.model_wrapped, "module") else trainer.model
+    state = trainer.state
+    seen = state.num_input_tokens_seen or tokens_per_step * state.global_step
     report = {
         "rank": rank,
         "world_size": world,
+        "objective": job.objective,
         "initial_digest": initial_digest,
         "final_digest": param_digest(final_model) if job.zero_stage < 3 else None,
         "train_loss": result.training_loss,
         "final_loss": next((h["loss"] for h in reversed(logger.history) if "loss" in h), None),
-        "steps": trainer.state.global_step,
-        "tokens": tokens_per_step * (trainer.state.global_step - logger.start_step),
+        "steps": state.global_step,
+        "rows": len(dataset),
+        "tokens": int(seen - logger.start_tokens),
         "seconds": seconds,
         "bf16": bf16,
         "resumed": resume,
@@ -259,6 +290,71 @@ def run(job: TrainJob) -> dict[str, Any]:
     if rank == 0:
         tokenizer.save_pretrained(job.output_dir)
     return report
+
+
+ROW_COLUMNS = {
+    "sft": ("input_ids", "completion_mask"),  # pre-tokenised by echo_lib.learn (exact engine prompts)
+    "dpo": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+}
+
+
+def _rows_dataset(job: TrainJob):
+    """The job's Parquet rows as an in-memory ``datasets.Dataset`` with the objective's columns."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    columns = ROW_COLUMNS[job.objective]
+    table = pq.read_table(job.data_path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing or table.num_rows == 0:
+        raise ValueError(f"{job.data_path}: {job.objective} needs rows with columns {list(columns)}")
+    return Dataset(table.select(list(columns)))
+
+
+def _trainer(job: TrainJob, model, tokenizer, dataset, common: dict[str, Any], logger):
+    """The HF Trainer (clm) or TRL trainer (sft/dpo/kto) for ``job``; all run under DeepSpeed."""
+    import copy
+
+    from transformers import Trainer, TrainingArguments
+
+    max_length = job.max_length or int(model.config.max_position_embeddings)
+    if job.objective == "clm":
+        return Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=dataset, callbacks=[logger]
+        )
+    if job.objective == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, max_length=max_length, completion_only_loss=True, packing=False)
+        return SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[logger]
+        )
+    # DPO and KTO need a frozen reference: the starting weights (TRL cannot load one by name here)
+    reference = copy.deepcopy(model).eval()
+    if job.objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=job.beta, max_length=max_length)
+        return DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[logger],
+        )
+    from trl import KTOConfig, KTOTrainer
+
+    args = KTOConfig(**common, beta=job.beta, max_length=max_length)
+    return KTOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[logger],
+    )
 
 
 def _has_checkpoint(checkpoint_dir: str) -> bool:

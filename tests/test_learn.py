@@ -1,0 +1,282 @@
+"""Refining the champion on gold: TRL objectives under the real deepspeed launcher (2 CPU ranks),
+a real SQLite MLflow registry, resume after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from echo_lib.config import load_config
+from tests.conftest import echoctl_env, run_echoctl
+
+GOLD_DT = "2026-11-20"
+
+
+def _cfg(var: Path):
+    return load_config(overrides={"var_dir": str(var)}).config
+
+
+def _team_lines() -> list[str]:
+    """Real lines of a team repo: the code the refinements are about."""
+    from echo_lib import corpus
+
+    cfg = load_config().config
+    files = corpus.scan(corpus.team_repos(cfg), cfg).select("experience")
+    text = next(f.text for f in sorted(files, key=lambda f: f.doc_id) if f.text.count("\n") > 200)
+    return text.splitlines()
+
+
+def write_gold(lake: Path, dt: str, n: int = 48, *, drop_column: str | None = None) -> None:
+    """A gold build in the lake's layout (what build-dataset writes), from real code."""
+    lines = _team_lines()
+    sft, pref, kto = [], [], []
+    for i in range(n):
+        at = 20 + 3 * i
+        line = lines[at]
+        cut = max(1, len(line) // 2)
+        prompt = "\n".join(lines[max(0, at - 30) : at]) + "\n" + line[:cut]
+        final, proposal = line[cut:], "pass"
+        rid = f"req-{i:04d}"
+        split = "validation" if i % 16 == 15 else "train"
+        sft.append({"request_id": rid, "prompt": prompt, "completion": final, "split": split})
+        pref.append(
+            {"request_id": rid, "prompt": prompt, "chosen": final, "rejected": proposal, "split": split}
+        )
+        kto.append(
+            {"request_id": rid, "prompt": prompt, "completion": final, "label": i % 2 == 0, "split": split}
+        )
+    manifest = {"dt": dt, "datasets": {}, "sha256": f"manifest-{dt}"}
+    for table, rows in (("sft", sft), ("preference", pref), ("kto", kto)):
+        folder = lake / "gold" / table / f"dt={dt}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = pa.Table.from_pylist(rows)
+        if drop_column and drop_column in frame.column_names:
+            frame = frame.drop_columns([drop_column])
+        pq.write_table(frame, folder / "part-00000.parquet")
+        (folder / "_SUCCESS").touch()
+        manifest["datasets"][table] = {"rows": len(rows), "sha256": f"{table}-{dt}"}
+    folder = lake / "gold" / "_manifests" / f"dt={dt}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "_manifest.json").write_text(json.dumps(manifest))
+    (folder / "_SUCCESS").touch()
+
+
+@pytest.fixture(scope="session")
+def gold_var(bootstrapped: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the bootstrapped var (tiny v1 champion) with one gold build."""
+    var = tmp_path_factory.mktemp("learn") / "var"
+    shutil.copytree(bootstrapped["var"], var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    write_gold(var / "lake", GOLD_DT)
+    return var
+
+
+def _train(var: Path, *args: str, settings: tuple[str, ...] = ()) -> dict:
+    options = [x for kv in ("learn.save_steps=4", *settings) for x in ("--set", kv)]
+    proc = run_echoctl(var, *options, "train", "--json", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _train_runs(client) -> list:
+    experiment = client.get_experiment_by_name("echo")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.`echo.stage` = 'train'")
+
+
+def _reports(var: Path, run_id: str, stage: str) -> dict[int, dict]:
+    folder = var / "checkpoints" / "train" / run_id / stage / "reports"
+    return {int(p.stem.removeprefix("rank")): json.loads(p.read_text()) for p in folder.glob("rank*.json")}
+
+
+# ---- rows (no training) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import inspect
+    import json as json_module
+
+    from echo_lib.tokenizer import train_tokenizer
+
+    return train_tokenizer([inspect.getsource(json_module.decoder)] * 4, vocab_size=400)
+
+
+def test_sft_rows_are_the_engines_prompt_then_the_kept_code(tokenizer) -> None:
+    from echo_lib.engine import CompletionEngine
+    from echo_lib.learn import sft_ids
+
+    prefix, kept = "def scan(s):\n    return s.strip", "().split(',')"
+    row = sft_ids(tokenizer, prefix, kept, max_length=64)
+    prompt = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 0]
+    target = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 1]
+    engine_row = CompletionEngine._prepare.__get__(_EngineStub(tokenizer))(
+        tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    )
+    assert prompt == engine_row.prompt  # exactly what the engine feeds the model
+    assert tokenizer.decode(prompt) + tokenizer.decode(target[:-1]) == prefix + kept + "\n"
+    assert target[-1] == tokenizer.eos_token_id
+    short = sft_ids(tokenizer, prefix * 20, kept, max_length=24)
+    assert len(short["input_ids"]) == 24 and sum(short["completion_mask"]) == sum(row["completion_mask"])
+    assert sft_ids(tokenizer, prefix, kept * 30, max_length=24) is None  # the target alone does not fit
+
+
+class _EngineStub:
+    """Just enough of CompletionEngine for its ``_prepare`` (prompt building) to run."""
+
+    def __init__(self, tokenizer) -> None:
+        from echo_lib.engine import token_byte_table
+
+        self.token_bytes = token_byte_table(tokenizer)
+        self.start_id = tokenizer.eos_token_id
+
+    def _max_prompt_tokens(self) -> int:
+        return 1 << 30
+
+
+def test_replay_share_and_window_selection() -> None:
+    from echo_lib.learn import TrainError, default_steps, replay_count, select_window
+
+    assert replay_count(70, 0.3) == 30 and replay_count(70, 0.0) == 0
+    assert default_steps(100, 8, 300) == 25 and default_steps(10_000, 8, 300) == 300
+    dates = ["2026-11-20", "2026-11-21", "2026-11-22"]
+    assert select_window(dates, None, None, 2) == dates[1:]
+    assert select_window(dates, "2026-11-21", "2026-11-21", 7) == ["2026-11-21"]
+    with pytest.raises(TrainError, match="no gold datasets in 2030-01-01"):
+        select_window(dates, "2030-01-01", None, 7)
+
+
+# ---- training through the launcher ---------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("objective", ["sft", "kto", "sft+dpo"])
+def test_objective_trains_on_two_ranks_and_registers_a_challenger(gold_var: Path, objective: str) -> None:
+    from echo_lib import registry
+    from echo_lib.engine import CompletionEngine, EngineSettings
+
+    cfg = _cfg(gold_var)
+    client = registry.client(cfg)
+    runs_before = len(_train_runs(client))
+    result = _train(gold_var, "--objective", objective, "--max-steps", "8", "--num-procs", "2")
+    assert result["parent_version"] == "1" and result["dates"] == [GOLD_DT]
+    for stage in result["stages"]:
+        reports = _reports(gold_var, result["run_id"], stage["name"])
+        assert sorted(reports) == [0, 1] and reports[0]["world_size"] == 2
+        assert reports[0]["final_digest"] != reports[0]["initial_digest"]  # parameters changed
+        assert reports[0]["final_digest"] == reports[1]["final_digest"]  # ranks in sync
+        assert stage["steps"] == 8 and stage["tokens"] > 0 and stage["final_loss"] > 0
+
+    assert len(_train_runs(client)) == runs_before + 1  # one run per job, not one per rank
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["echo.stage"] == "train"
+    assert run.data.tags["echo.parent_version"] == "1" and run.data.tags["echo.gold_dates"] == GOLD_DT
+    assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
+    assert run.data.params["objective"] == objective
+    names = [d.dataset.name for d in run.inputs.dataset_inputs]
+    assert any(n.startswith("gold/") for n in names)
+    last_stage = result["stages"][-1]["name"]
+    prefix = f"{last_stage}/" if "+" in objective else ""
+    history = client.get_metric_history(run.info.run_id, f"{prefix}loss")
+    assert len(history) >= 2 and all(m.value == m.value for m in history)  # per-step, not NaN
+    assert client.get_metric_history(run.info.run_id, f"{prefix}tokens_per_s")
+
+    challenger = registry.version_by_alias(cfg, registry.CHALLENGER)
+    assert str(challenger.version) == result["version"] and challenger.run_id == result["run_id"]
+    assert challenger.tags["echo.parent"] == "1" and challenger.tags["echo.objective"] == objective
+    assert str(registry.version_by_alias(cfg, registry.CHAMPION).version) == "1"  # not promoted
+    engine = CompletionEngine.load(
+        registry.model_uri(cfg, registry.CHALLENGER),
+        EngineSettings(max_new_tokens=8),
+        tracking_uri=cfg.mlflow_tracking_uri,
+        cache_dir=gold_var / "cache" / "models",
+    )
+    assert engine.model_version.endswith(f"/{result['version']}")
+    assert len(engine.complete(["import os\n", "def f("])) == 2
+
+
+@pytest.mark.integration
+def test_replay_share_is_respected(gold_var: Path) -> None:
+    share = 0.25
+    result = _train(
+        gold_var, "--objective", "sft", "--max-steps", "2", settings=(f"learn.replay_share={share}",)
+    )
+    [stage] = result["stages"]
+    gold_rows = 45  # 48 rows, 3 in the validation split
+    assert stage["rows"] == gold_rows + round(gold_rows * share / (1 - share))
+    assert stage["replay_rows"] == round(gold_rows * share / (1 - share))
+    assert abs(stage["replay_rows"] / stage["rows"] - share) < 0.02
+
+
+@pytest.mark.integration
+def test_resume_after_a_kill_reaches_the_same_loss(gold_var: Path, tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    shutil.copytree(gold_var, var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    args = ["--objective", "sft", "--max-steps", "24", "--num-procs", "2"]
+    reference = _train(var, *args)
+    [ref_stage] = reference["stages"]
+
+    echoctl = str(Path(sys.executable).with_name("echoctl"))
+    proc = subprocess.Popen(
+        [echoctl, "--set", "learn.save_steps=4", "train", "--json", *args],
+        env=echoctl_env(var),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoints = var / "checkpoints" / "train"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p for p in checkpoints.glob("*/sft/checkpoint-8") if (p / "trainer_state.json").is_file()]
+        if done:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, the launcher and both ranks
+    proc.wait()
+    time.sleep(1)
+
+    resumed = _train(var, "--resume")
+    [stage] = resumed["stages"]
+    assert stage["resumed"] is True and stage["steps"] == 24
+    assert resumed["run_id"] != reference["run_id"]
+    assert stage["final_loss"] == pytest.approx(ref_stage["final_loss"], rel=0.01)
+
+    from echo_lib import registry
+
+    run = registry.client(_cfg(var)).get_run(resumed["run_id"])
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.integration
+def test_bad_gold_fails_early_and_registers_nothing(gold_var: Path, tmp_path: Path) -> None:
+    from echo_lib import registry
+
+    var = tmp_path / "var"
+    shutil.copytree(gold_var, var, ignore=shutil.ignore_patterns("checkpoints", "work", "lake"))
+    cfg = _cfg(var)
+    before = len(registry.client(cfg).search_model_versions(f"name='{cfg.mlflow.registered_model}'"))
+    challenger = registry.version_by_alias(cfg, registry.CHALLENGER)
+
+    proc = run_echoctl(var, "train", "--from", "2030-01-01", "--to", "2030-01-31")
+    assert proc.returncode == 1 and "no gold datasets in 2030-01-01 to 2030-01-31" in proc.stderr
+
+    write_gold(var / "lake", GOLD_DT, drop_column="completion")
+    proc = run_echoctl(var, "train", "--objective", "sft")
+    assert proc.returncode == 1
+    assert "gold/sft dt=2026-11-20 lacks columns ['completion']" in " ".join(proc.stderr.split())
+
+    proc = run_echoctl(var, "train", "--resume")
+    assert proc.returncode == 1 and "nothing to resume" in proc.stderr
+    after = len(registry.client(cfg).search_model_versions(f"name='{cfg.mlflow.registered_model}'"))
+    assert after == before
+    still = registry.version_by_alias(cfg, registry.CHALLENGER)
+    assert (still and still.version) == (challenger and challenger.version)
