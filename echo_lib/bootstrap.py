@@ -182,6 +182,15 @@ def bootstrap(
             alias=registry.CHAMPION,
         )
         client.set_terminated(run_id, "FINISHED")
+        from echo_lib.gate import record_champion_change
+
+        record_champion_change(
+            cfg,
+            action="bootstrap",
+            from_version=str(existing.version) if existing else None,
+            to_version=str(version.version),
+            why=f"v0 trained on public code ({preset.name} preset)",
+        )
     except (TrainingFailed, BootstrapError, OSError, ValueError) as exc:
         client.set_terminated(run_id, "FAILED")
         client.set_tag(run_id, "echo.error", str(exc)[:500])

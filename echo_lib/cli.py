@@ -450,5 +450,110 @@ def train(
     )
 
 
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    challenger: Annotated[
+        str | None, typer.Option(help="version number or alias to judge (default: @challenger)")
+    ] = None,
+    sessions: Annotated[
+        int | None, typer.Option(help="held-out world sessions (default: world.acceptance_sessions)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
+) -> None:
+    """Challenger vs champion: paired held-out acceptance, offline metrics, forgetting check."""
+    from echo_lib.engine import ModelLoadError
+    from echo_lib.evaluate import EvaluationError, render_report
+    from echo_lib.evaluate import evaluate as run_evaluate
+
+    cfg = loaded(ctx).config
+    try:
+        report = run_evaluate(
+            cfg,
+            challenger=challenger,
+            sessions=sessions,
+            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        )
+    except (EvaluationError, ModelLoadError) as exc:
+        raise fail(f"evaluate failed: {exc}") from exc
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    console.print(render_report(report), highlight=False)
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Option(help="version to judge (default: @challenger)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="record the verdict, move nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """The gate: record its verdict on the version; move @champion when it passes and promotion is enabled."""
+    from echo_lib.gate import GateError
+    from echo_lib.gate import promote as run_promote
+
+    cfg = loaded(ctx).config
+    try:
+        outcome = run_promote(cfg, version=version, dry_run=dry_run)
+    except GateError as exc:
+        raise fail(f"promote failed: {exc}") from exc
+    if as_json:
+        print(json.dumps(outcome))
+        return
+    console.print(f"gate verdict for v{outcome['version']}: {outcome['verdict'].upper()} ({outcome['mode']})")
+    for reason in outcome["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
+    moved = "promoted" if outcome["promoted"] else "unchanged"
+    console.print(f"@champion: v{outcome['champion_before']} -> v{outcome['champion_after']} ({moved})")
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None, typer.Option("--to", help="version to restore (default: the previous champion)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="allow a version that failed its gate")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="why, for the history")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """Move @champion back to the previous (or given) version and record it in the history."""
+    from echo_lib.gate import GateError
+    from echo_lib.gate import rollback as run_rollback
+
+    cfg = loaded(ctx).config
+    try:
+        outcome = run_rollback(cfg, to=to, force=force, why=reason)
+    except GateError as exc:
+        raise fail(f"rollback refused: {exc}") from exc
+    if as_json:
+        print(json.dumps(outcome))
+        return
+    state = "moved" if outcome["moved"] else "already there"
+    console.print(f"@champion: v{outcome['from']} -> v{outcome['to']} ({state})")
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="print the entries as JSON lines")] = False,
+) -> None:
+    """Every change of @champion: who, when, why."""
+    from echo_lib.gate import history as read_history
+
+    entries = read_history(loaded(ctx).config)
+    if as_json:
+        for e in entries:
+            print(json.dumps(e))
+        return
+    table = Table(title="@champion history", title_justify="left")
+    for column in ("when", "action", "from", "to", "who", "why"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e["when"], e["action"], str(e["from"] or "-"), e["to"], e["who"], e["why"][:80])
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

@@ -179,6 +179,29 @@ class LearnSettings(_Section):
     seed: int = Field(0, description="seed for data order, replay sampling and init")
 
 
+class PromotionSettings(_Section):
+    """The gate between @challenger and @champion (``echoctl evaluate`` / ``echoctl promote``)."""
+
+    enabled: bool = Field(
+        False, description="move @champion when the gate passes; false = every promote is a dry run"
+    )
+    min_acceptance_gain: float = Field(
+        0.0, description="challenger minus champion held-out acceptance must exceed this (absolute)"
+    )
+    require_ci_above_zero: bool = Field(
+        True, description="the paired 95% CI of the acceptance gain must lie above zero"
+    )
+    max_similarity_regression: float = Field(
+        0.02, ge=0, description="largest allowed drop of offline edit similarity (absolute)"
+    )
+    max_forgetting_regression: float = Field(
+        0.02, ge=0, description="largest allowed drop of next-line exact match on reserved public code"
+    )
+    forgetting_samples: int = Field(
+        300, gt=0, description="lines of reserved public code in the forgetting check"
+    )
+
+
 class EchoConfig(BaseSettings):
     """The effective configuration. Build it with :func:`load_config`."""
 
@@ -198,6 +221,7 @@ class EchoConfig(BaseSettings):
     world: WorldConfig = Field(default_factory=WorldConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     learn: LearnSettings = Field(default_factory=LearnSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @classmethod
     def settings_customise_sources(

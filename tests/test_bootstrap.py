@@ -40,7 +40,7 @@ def test_one_mlflow_run_and_champion_alias(bootstrapped: dict) -> None:
     cfg = _cfg(bootstrapped["var"])
     client = registry.client(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`echo.stage` = 'bootstrap'")
     assert len(runs) == 1, "exactly one run for a 2-rank job"
     run = runs[0]
     assert run.info.status == "FINISHED"

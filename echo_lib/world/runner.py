@@ -101,8 +101,12 @@ def measure_acceptance(
     log_to_mlflow: bool = True,
     progress: Progress | None = None,
     on_plan: Callable[[int], None] | None = None,
+    keep_results: bool = False,
 ) -> dict[str, Any]:
     """Run the world on (by default) held-out code without writing the lake; report acceptance.
+
+    With ``keep_results`` the summary also carries the sessions themselves under ``"results"``
+    (events and ground truth), for offline evaluation on the same traffic.
 
     The sessions depend only on the seed and the corpus, so two models measured with the same
     seed face the same developers writing the same code: the comparison is paired.
@@ -137,6 +141,8 @@ def measure_acceptance(
     ]
     if log_to_mlflow:
         summary["mlflow_run_id"] = _log_acceptance(cfg, summary)
+    if keep_results:
+        summary["results"] = results
     return summary
 
 

@@ -1,0 +1,274 @@
+"""The promotion gate, and the registry's history: ``echoctl promote`` and ``echoctl rollback``.
+
+Only MLflow aliases move (``@champion``, ``@challenger``); serving resolves
+``models:/<name>@champion`` at load time, so a promotion needs no code change. MLflow keeps no
+history of alias moves, so every change of ``@champion`` is appended to ``history.jsonl``, an
+artifact of one dedicated MLflow run (tag ``echo.stage=registry-history``) in the tracking store:
+it survives restarts and travels with the store.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from echo_lib.config import EchoConfig, PromotionSettings
+
+HISTORY_RUN = "registry-history"
+HISTORY_FILE = "history.jsonl"
+
+
+class GateError(RuntimeError):
+    """A promotion or rollback that cannot be done (no such version, failed gate, ...)."""
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "pass" if self.passed else "fail"
+
+
+def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
+    """Pure gate: the flat evaluation metrics (:func:`echo_lib.evaluate.summary_metrics`) -> verdict."""
+    needed = (
+        "acceptance_gain",
+        "acceptance_gain_ci_low",
+        "champion.offline.edit_similarity",
+        "challenger.offline.edit_similarity",
+        "champion.forgetting.exact_match",
+        "challenger.forgetting.exact_match",
+    )
+    missing = [k for k in needed if k not in metrics]
+    if missing:
+        return Verdict(False, [f"not evaluated (missing {', '.join(missing)}): run `echoctl evaluate`"])
+    reasons, ok = [], True
+    gain, low = metrics["acceptance_gain"], metrics["acceptance_gain_ci_low"]
+    if gain > rules.min_acceptance_gain:
+        reasons.append(f"acceptance gain {gain:+.2%} > {rules.min_acceptance_gain:+.2%}")
+    else:
+        ok = False
+        reasons.append(f"acceptance gain {gain:+.2%} is not above {rules.min_acceptance_gain:+.2%}")
+    if rules.require_ci_above_zero:
+        if low > 0:
+            reasons.append(f"95% CI lower bound {low:+.2%} > 0")
+        else:
+            ok = False
+            reasons.append(f"95% CI lower bound {low:+.2%} is not above 0")
+    for label, key, limit in (
+        ("edit similarity", "offline.edit_similarity", rules.max_similarity_regression),
+        ("forgetting exact match", "forgetting.exact_match", rules.max_forgetting_regression),
+    ):
+        drop = metrics[f"champion.{key}"] - metrics[f"challenger.{key}"]
+        if drop > limit:
+            ok = False
+            reasons.append(f"{label} regressed by {drop:.3f} (> {limit:.3f} allowed)")
+        else:
+            reasons.append(f"{label} change {-drop:+.3f} within -{limit:.3f}")
+    return Verdict(ok, reasons)
+
+
+def eval_metrics_of(mv) -> dict[str, float]:
+    """The evaluation summary stored on a model version's tags by ``echoctl evaluate``."""
+    prefix = "echo.eval."
+    out = {}
+    for key, value in mv.tags.items():
+        if key.startswith(prefix):
+            try:
+                out[key[len(prefix) :]] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+# ---- history -----------------------------------------------------------------------------------
+
+
+def _history_run_id(cfg: EchoConfig, create: bool) -> str | None:
+    from echo_lib import registry
+    from echo_lib.tracking import configure_mlflow
+
+    client = registry.client(cfg)
+    experiment_id = configure_mlflow(cfg)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`echo.stage` = '{HISTORY_RUN}'", max_results=1
+    )
+    if runs:
+        return runs[0].info.run_id
+    if not create:
+        return None
+    run = client.create_run(experiment_id, run_name=HISTORY_RUN, tags={"echo.stage": HISTORY_RUN})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def history(cfg: EchoConfig) -> list[dict[str, Any]]:
+    """Every change of @champion, oldest first."""
+    from echo_lib import registry
+
+    run_id = _history_run_id(cfg, create=False)
+    if run_id is None:
+        return []
+    client = registry.client(cfg)
+    if not any(f.path == HISTORY_FILE for f in client.list_artifacts(run_id)):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, HISTORY_FILE, tmp)
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _append_history(cfg: EchoConfig, entry: dict[str, Any]) -> None:
+    from echo_lib import registry
+
+    run_id = _history_run_id(cfg, create=True)
+    entries = [*history(cfg), entry]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / HISTORY_FILE
+        path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+        registry.client(cfg).log_artifact(run_id, str(path))
+    registry.client(cfg).set_registered_model_tag(
+        cfg.mlflow.registered_model, "echo.last_champion_change", json.dumps(entry, sort_keys=True)[:4900]
+    )
+
+
+def actor() -> str:
+    """Who: ECHO_ACTOR (Airflow sets the DAG run), else the OS user."""
+    try:
+        return os.environ.get("ECHO_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def record_champion_change(
+    cfg: EchoConfig, *, action: str, from_version: str | None, to_version: str, why: str
+) -> dict[str, Any]:
+    """Append one change of @champion (made by the caller) to the history."""
+    entry = {
+        "action": action,
+        "from": from_version,
+        "to": str(to_version),
+        "who": actor(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "why": why,
+    }
+    _append_history(cfg, entry)
+    return entry
+
+
+def _move_champion(cfg: EchoConfig, version: str, *, action: str, why: str) -> dict[str, Any]:
+    from echo_lib import registry
+
+    previous = registry.version_by_alias(cfg, registry.CHAMPION)
+    registry.client(cfg).set_registered_model_alias(cfg.mlflow.registered_model, registry.CHAMPION, version)
+    return record_champion_change(
+        cfg,
+        action=action,
+        from_version=str(previous.version) if previous else None,
+        to_version=version,
+        why=why,
+    )
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Judge the challenger (or ``version``); record the verdict on it; move @champion if allowed.
+
+    Idempotent: a version that is already champion is not moved again and adds no history entry.
+    """
+    from echo_lib import registry
+    from echo_lib.evaluate import EvaluationError, resolve_version
+
+    try:
+        mv = resolve_version(cfg, version or registry.CHALLENGER)
+    except EvaluationError as exc:
+        raise GateError(str(exc)) from exc
+    champion = registry.version_by_alias(cfg, registry.CHAMPION)
+    metrics = eval_metrics_of(mv)
+    verdict = decide(metrics, cfg.promotion)
+    against = mv.tags.get("echo.eval.against")
+    stale = champion is not None and against is not None and against != str(champion.version)
+    if verdict.passed and stale and str(champion.version) != str(mv.version):
+        verdict = Verdict(
+            False, [f"evaluated against v{against} but the champion is now v{champion.version}: re-evaluate"]
+        )
+    enabled = cfg.promotion.enabled and not dry_run
+    client, name = registry.client(cfg), cfg.mlflow.registered_model
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(name, str(mv.version), "echo.gate.verdict", verdict.label)
+    client.set_model_version_tag(
+        name, str(mv.version), "echo.gate.reasons", "; ".join(verdict.reasons)[:4900]
+    )
+    client.set_model_version_tag(name, str(mv.version), "echo.gate.checked_at", stamp)
+    mode = "enabled" if enabled else "dry-run"
+    description = (mv.description or "").split("\n\nGate:")[0]
+    client.update_model_version(
+        name,
+        str(mv.version),
+        description=f"{description}\n\nGate: {verdict.label.upper()} ({mode}, {stamp}): "
+        + "; ".join(verdict.reasons),
+    )
+    outcome = {
+        "version": str(mv.version),
+        "champion_before": str(champion.version) if champion else None,
+        "verdict": verdict.label,
+        "reasons": verdict.reasons,
+        "mode": mode,
+        "promoted": False,
+        "history_entry": None,
+    }
+    if champion is not None and str(champion.version) == str(mv.version):
+        outcome["reasons"] = [*verdict.reasons, f"v{mv.version} is already the champion"]
+    elif verdict.passed and enabled:
+        outcome["history_entry"] = _move_champion(
+            cfg, str(mv.version), action="promote", why="gate passed: " + "; ".join(verdict.reasons)
+        )
+        outcome["promoted"] = True
+    outcome["champion_after"] = str(registry.version_by_alias(cfg, registry.CHAMPION).version)
+    return outcome
+
+
+def rollback(cfg: EchoConfig, *, to: str | None = None, force: bool = False, why: str = "") -> dict[str, Any]:
+    """Move @champion back to the previous champion (or ``to``); refuse unknown or failed versions."""
+    from mlflow.exceptions import MlflowException
+
+    from echo_lib import registry
+
+    champion = registry.version_by_alias(cfg, registry.CHAMPION)
+    if champion is None:
+        raise GateError("no @champion to roll back")
+    if to is None:
+        changes = [e for e in history(cfg) if e["to"] == str(champion.version) and e.get("from")]
+        if not changes:
+            raise GateError(f"no earlier champion recorded for v{champion.version}; give --to VERSION")
+        to = changes[-1]["from"]
+    client, name = registry.client(cfg), cfg.mlflow.registered_model
+    try:
+        target = client.get_model_version(name, str(to))
+    except MlflowException as exc:
+        raise GateError(f"registered model {name!r} has no version {to}") from exc
+    if str(target.version) == str(champion.version):
+        return {
+            "from": str(champion.version),
+            "to": str(target.version),
+            "moved": False,
+            "history_entry": None,
+        }
+    if target.tags.get("echo.gate.verdict") == "fail" and not force:
+        raise GateError(
+            f"v{target.version} failed its gate ({target.tags.get('echo.gate.reasons', '')}); use --force"
+        )
+    entry = _move_champion(
+        cfg, str(target.version), action="rollback", why=why or f"rollback from v{champion.version}"
+    )
+    return {"from": str(champion.version), "to": str(target.version), "moved": True, "history_entry": entry}

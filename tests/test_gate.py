@@ -1,0 +1,185 @@
+"""The judge and the door: gate decisions, paired CI, promotion/rollback on a real SQLite registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from echo_lib.config import PromotionSettings, load_config
+from echo_lib.evaluate import chrf, paired_bootstrap, summary_metrics
+from echo_lib.gate import decide
+from tests.conftest import run_echoctl
+
+
+def _metrics(gain=0.02, ci_low=0.005, sim=(0.40, 0.41), forget=(0.10, 0.10)) -> dict[str, float]:
+    return {
+        "acceptance_gain": gain,
+        "acceptance_gain_ci_low": ci_low,
+        "acceptance_gain_ci_high": gain + 0.01,
+        "champion.offline.edit_similarity": sim[0],
+        "challenger.offline.edit_similarity": sim[1],
+        "champion.forgetting.exact_match": forget[0],
+        "challenger.forgetting.exact_match": forget[1],
+    }
+
+
+# ---- pure decisions --------------------------------------------------------------------------
+
+
+def test_gate_passes_a_clear_gain_without_regressions() -> None:
+    verdict = decide(_metrics(), PromotionSettings())
+    assert verdict.passed and verdict.label == "pass"
+    assert any("95% CI lower bound +0.50% > 0" in r for r in verdict.reasons)
+
+
+def test_gate_fails_when_the_ci_touches_zero() -> None:
+    verdict = decide(_metrics(ci_low=-0.001), PromotionSettings())
+    assert not verdict.passed and any("is not above 0" in r for r in verdict.reasons)
+    # the same numbers pass when the rule is switched off in config
+    assert decide(_metrics(ci_low=-0.001), PromotionSettings(require_ci_above_zero=False)).passed
+
+
+def test_gate_fails_on_a_regression_despite_a_gain() -> None:
+    forgot = decide(_metrics(forget=(0.10, 0.05)), PromotionSettings())
+    assert not forgot.passed and any("forgetting exact match regressed by 0.050" in r for r in forgot.reasons)
+    worse = decide(_metrics(sim=(0.40, 0.30)), PromotionSettings())
+    assert not worse.passed and any("edit similarity regressed by 0.100" in r for r in worse.reasons)
+    assert not decide(_metrics(gain=0.0, ci_low=0.0), PromotionSettings()).passed
+
+
+def test_gate_fails_an_unevaluated_version() -> None:
+    verdict = decide({}, PromotionSettings())
+    assert not verdict.passed and "not evaluated" in verdict.reasons[0]
+
+
+def test_paired_bootstrap_on_known_cases() -> None:
+    base = [(1, 10), (2, 10), (0, 5), (3, 12)]
+    same_gain = [(a + 1, s) for a, s in [(1, 10), (2, 10), (0, 5), (3, 12)]]
+    exact = paired_bootstrap(base, base)
+    assert exact == {**exact, "gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "sessions": 4}
+    # every session gains one acceptance: the gain is 4/37 overall and always positive when resampled
+    shifted = paired_bootstrap(base, same_gain)
+    assert shifted["gain"] == pytest.approx(4 / 37)
+    assert 0 < shifted["ci_low"] <= shifted["gain"] <= shifted["ci_high"]
+    # independent bootstraps would add the two models' variance; pairing cancels what sessions share
+    with pytest.raises(ValueError, match="same, non-empty"):
+        paired_bootstrap(base, base[:2])
+
+
+def test_chrf_bounds() -> None:
+    assert chrf("foo(bar)", "foo(bar)") == 1.0
+    assert chrf("xyz", "abc") == 0.0
+    assert 0 < chrf("foo(baz)", "foo(bar)") < 1
+
+
+# ---- a real registry --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry_var(bootstrapped: dict, tmp_path: Path) -> Path:
+    """The bootstrapped store (v1 champion) plus v2 (good) and v3 (regressed), real versions."""
+    from echo_lib import registry
+
+    var = tmp_path / "var"
+    shutil.copytree(bootstrapped["var"], var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    cfg = load_config(overrides={"var_dir": str(var)}).config
+    run_id = registry.version_by_alias(cfg, registry.CHAMPION).run_id
+    client = registry.client(cfg)
+    for number, metrics in (("2", _metrics()), ("3", _metrics(forget=(0.10, 0.01)))):
+        mv = registry.register_run_model(cfg, run_id, tags={"echo.stage": "train"}, description=f"v{number}")
+        assert str(mv.version) == number
+        for key, value in metrics.items():
+            client.set_model_version_tag(cfg.mlflow.registered_model, number, f"echo.eval.{key}", str(value))
+        client.set_model_version_tag(cfg.mlflow.registered_model, number, "echo.eval.against", "1")
+    return var
+
+
+def _json(proc) -> dict:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> None:
+    from echo_lib import registry
+    from echo_lib.engine import CompletionEngine
+
+    cfg = load_config(overrides={"var_dir": str(registry_var)}).config
+    name = cfg.mlflow.registered_model
+
+    dry = _json(run_echoctl(registry_var, "promote", "--version", "2", "--json"))  # promotion.enabled is off
+    assert dry["verdict"] == "pass" and dry["mode"] == "dry-run" and not dry["promoted"]
+    assert dry["champion_after"] == "1"
+    mv2 = registry.client(cfg).get_model_version(name, "2")
+    assert mv2.tags["echo.gate.verdict"] == "pass" and "Gate: PASS (dry-run" in mv2.description
+
+    on = ("--set", "promotion.enabled=true")
+    done = _json(run_echoctl(registry_var, *on, "promote", "--version", "2", "--json"))
+    assert done["promoted"] and done["champion_before"] == "1" and done["champion_after"] == "2"
+    again = _json(run_echoctl(registry_var, *on, "promote", "--version", "2", "--json"))
+    assert not again["promoted"] and again["champion_after"] == "2"  # idempotent
+
+    # serving resolves the alias at load time: no code change picks up the promotion
+    engine = CompletionEngine.load(
+        registry.model_uri(cfg), tracking_uri=cfg.mlflow_tracking_uri, cache_dir=registry_var / "cache" / "m"
+    )
+    assert engine.model_version == f"models:/{name}/2"
+
+    failed = _json(run_echoctl(registry_var, *on, "promote", "--version", "3", "--json"))
+    assert failed["verdict"] == "fail" and not failed["promoted"] and failed["champion_after"] == "2"
+    assert any("forgetting exact match regressed" in r for r in failed["reasons"])
+
+    back = _json(run_echoctl(registry_var, "rollback", "--reason", "pager at 3am", "--json"))
+    assert back == {**back, "from": "2", "to": "1", "moved": True}
+    refused = run_echoctl(registry_var, "rollback", "--to", "3")
+    assert refused.returncode == 1 and "v3 failed its gate" in refused.stderr
+    missing = run_echoctl(registry_var, "rollback", "--to", "99")
+    assert missing.returncode == 1 and "has no version 99" in missing.stderr
+    forced = _json(run_echoctl(registry_var, "rollback", "--to", "3", "--force", "--json"))
+    assert forced["to"] == "3" and forced["moved"]
+
+    # a fresh process reads the history back from the store
+    proc = run_echoctl(registry_var, "history", "--json")
+    assert proc.returncode == 0, proc.stderr
+    entries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(e["action"], e["from"], e["to"]) for e in entries] == [
+        ("bootstrap", None, "1"),
+        ("promote", "1", "2"),
+        ("rollback", "2", "1"),
+        ("rollback", "1", "3"),
+    ]
+    assert entries[2]["why"] == "pager at 3am" and all(e["who"] and e["when"] for e in entries)
+
+
+@pytest.mark.integration
+def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> None:
+    """v2 has v1's weights: the paired comparison must find exactly no difference."""
+    from echo_lib import registry
+
+    shown = ("--set", "engine.show_threshold=0")  # the tiny model is rarely confident; show everything
+    report = _json(
+        run_echoctl(registry_var, *shown, "evaluate", "--challenger", "2", "--sessions", "4", "--json")
+    )
+    gain = report["acceptance_gain"]
+    assert gain["gain"] == 0.0 and gain["ci_low"] == 0.0 and gain["ci_high"] == 0.0
+    assert report["champion"]["offline"] == report["challenger"]["offline"]
+    assert report["champion"]["forgetting"]["rows"] > 0
+    assert report["champion"]["offline"]["all"]["rows"] == report["champion"]["online"]["shown"] > 0
+
+    cfg = load_config(overrides={"var_dir": str(registry_var)}).config
+    client = registry.client(cfg)
+    mv = client.get_model_version(cfg.mlflow.registered_model, "2")
+    assert float(mv.tags["echo.eval.acceptance_gain"]) == 0.0 and mv.tags["echo.eval.sessions"] == "4"
+    run = client.get_run(mv.run_id)
+    flat = summary_metrics(report)
+    assert run.data.metrics["eval.challenger.acceptance_rate"] == pytest.approx(
+        flat["challenger.acceptance_rate"]
+    )
+    artifacts = {f.path for f in client.list_artifacts(mv.run_id, "evaluation")}
+    assert artifacts == {"evaluation/metrics.json", "evaluation/report.md", "evaluation/acceptance.png"}
+    # no improvement: the gate says no
+    verdict = _json(run_echoctl(registry_var, "promote", "--version", "2", "--dry-run", "--json"))
+    assert verdict["verdict"] == "fail"
