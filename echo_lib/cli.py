@@ -555,5 +555,75 @@ def history(
     console.print(table)
 
 
+airflow_app = typer.Typer(
+    help="Run Airflow's components for Echo, bound to airflow.host.", no_args_is_help=True
+)
+app.add_typer(airflow_app, name="airflow")
+
+
+@airflow_app.command("up")
+def airflow_up(ctx: typer.Context) -> None:
+    """Start api-server, scheduler, dag-processor and triggerer (SQLite, LocalExecutor)."""
+    from echo_lib.airflow_services import AirflowError, admin_password, up
+
+    cfg = loaded(ctx).config
+    try:
+        with console.status("starting Airflow (db migrate, 4 components) ..."):
+            state = up(cfg)
+    except AirflowError as exc:
+        raise fail(f"airflow up failed: {exc}") from exc
+    pids = ", ".join(f"{n} {c['pid']}" for n, c in state["components"].items())
+    console.print(
+        f"Airflow UI: {state['url']}  (user {cfg.airflow.admin_user}, password {admin_password(cfg)})"
+    )
+    console.print(f"components: {pids}; logs in {cfg.airflow_home / 'logs' / 'components'}", highlight=False)
+    console.print("stop with: echoctl airflow down   (or make airflow-down)")
+
+
+@airflow_app.command("down")
+def airflow_down(ctx: typer.Context) -> None:
+    """Stop the components (SIGTERM to each process group, SIGKILL after a grace period)."""
+    from echo_lib.airflow_services import down
+
+    stopped = down(loaded(ctx).config)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@airflow_app.command("status")
+def airflow_status(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False
+) -> None:
+    """Which components run, and whether the API answers."""
+    from echo_lib.airflow_services import status
+
+    state = status(loaded(ctx).config)
+    if as_json:
+        print(json.dumps(state))
+        return
+    for name, c in state["components"].items():
+        console.print(f"{name}: pid {c['pid']} {'running' if c['running'] else 'stopped'}")
+    console.print(f"API {state['url']}: {'healthy' if state['api_healthy'] else 'not answering'}")
+
+
+@airflow_app.command("dags-test")
+def airflow_dags_test(
+    ctx: typer.Context,
+    dag_id: Annotated[str, typer.Argument(help="echo_world, echo_nightly or echo_train")],
+    logical_date: Annotated[str, typer.Argument(help="YYYY-MM-DD")],
+) -> None:
+    """One real run of a DAG in-process (``airflow dags test``) with Echo's Airflow environment."""
+    from echo_lib.airflow_services import AirflowError, dags_test
+
+    cfg = loaded(ctx).config
+    day = _parse_date(logical_date).isoformat()
+    log = cfg.var_path / "logs" / "airflow" / f"{dag_id}-{day}.log"
+    try:
+        with console.status(f"airflow dags test {dag_id} {day} (log: {log}) ..."):
+            dags_test(cfg, dag_id, day, log=log)
+    except AirflowError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"{dag_id} {day}: success (log: {log})", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -85,6 +85,13 @@ class AirflowSettings(_Section):
     port: int = Field(8080, gt=0, lt=65536, description="api-server port")
     parallelism: int = Field(4, gt=0, description="LocalExecutor slots (keep low on 2 cores)")
     nightly_cron: str = Field("0 2 * * *", description="schedule of the nightly data DAG")
+    world_dag: bool = Field(
+        True, description="define the echo_world DAG (simulated traffic): demo only, set false in production"
+    )
+    raw_wait_timeout_s: int = Field(
+        6 * 3600, gt=0, description="how long echo_nightly waits for a day's raw telemetry before failing"
+    )
+    admin_user: str = Field("admin", min_length=1, description="simple auth manager user (role admin)")
 
 
 class TrainSettings(_Section):
@@ -200,6 +207,9 @@ class PromotionSettings(_Section):
     forgetting_samples: int = Field(
         300, gt=0, description="lines of reserved public code in the forgetting check"
     )
+    offline_max_rows: int = Field(
+        1000, gt=0, description="held-out refinements scored offline (a fixed sample when there are more)"
+    )
 
 
 class EchoConfig(BaseSettings):
@@ -288,6 +298,17 @@ class EchoConfig(BaseSettings):
             "AIRFLOW__API__HOST": self.airflow.host,
             "AIRFLOW__API__PORT": str(self.airflow.port),
             "AIRFLOW_CONN_ECHO_SPARK": f'{{"conn_type": "spark", "host": "{self.spark.master}"}}',
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.airflow.admin_user}:admin",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{self.airflow.host}:{self.airflow.port}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.airflow.port + 13),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.airflow.port + 14),
+            # read by the DAG files at parse time (environment only: no config file, no DB)
+            "ECHO_AIRFLOW__NIGHTLY_CRON": self.airflow.nightly_cron,
+            "ECHO_AIRFLOW__WORLD_DAG": str(self.airflow.world_dag).lower(),
+            "ECHO_AIRFLOW__RAW_WAIT_TIMEOUT_S": str(self.airflow.raw_wait_timeout_s),
+            "ECHO_SPARK__DRIVER_MEMORY": self.spark.driver_memory,
             "ECHO_HOME": str(self.home),
         }
 

@@ -6,6 +6,7 @@ so the demo exercises the same entry points as production and prints nothing it 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,11 +18,8 @@ from rich.rule import Rule
 console = Console()
 ECHOCTL = str(Path(sys.executable).with_name("echoctl"))
 
-PLANNED = """\
-Still to come (issues [5/7] to [7/7]), each added to this demo as it lands:
-  - train: DeepSpeed fine-tune from the champion on the gold data -> challenger
-  - evaluate + promote: held-out acceptance, paired CI, promotion gate -> new champion
-  - Airflow runs it all as nightly DAGs, two rounds, then a round-by-round acceptance table."""
+ROUNDS = 2
+DEMO_SETTINGS = ("--set", "promotion.enabled=true")  # the demo lets the gate move @champion
 
 
 def stage(title: str, *args: str) -> None:
@@ -67,25 +65,113 @@ def show_heldout_completions(count: int = 5, seed: int = 0) -> None:
         console.print(f"    real : {real!r}", highlight=False)
 
 
+def round_row(cfg, day: str) -> dict:
+    """What one round did, read back from the lake and the registry (nothing assumed)."""
+    from echo_lib import registry
+    from echo_lib.learn import read_manifest
+
+    gold = read_manifest(cfg.lake_uri, day)
+    bronze = Path(cfg.lake_uri) / "bronze" / "events" / f"dt={day}" / "_manifest.json"
+    events = json.loads(bronze.read_text())["lines_read"] if bronze.is_file() else None
+    champion = registry.version_by_alias(cfg, registry.CHAMPION)
+    challenger = registry.version_by_alias(cfg, registry.CHALLENGER)
+    tags = challenger.tags if challenger else {}
+    row = {
+        "date": day,
+        "events": events,
+        "refinements_kept": gold["datasets"]["sft"]["rows"],
+        "challenger": str(challenger.version) if challenger else None,
+        "verdict": tags.get("echo.gate.verdict"),
+        "champion": str(champion.version),
+    }
+    # the evaluation measured both models on the same held-out sessions: report the champion's
+    role = "challenger" if str(champion.version) == row["challenger"] else "champion"
+    if tags.get(f"echo.eval.{role}.acceptance_rate") and tags.get("echo.eval.against"):
+        row["acceptance"] = [
+            float(tags[f"echo.eval.{role}.acceptance{k}"]) for k in ("_rate", "_ci_low", "_ci_high")
+        ]
+        row["before"] = [
+            float(tags[f"echo.eval.champion.acceptance{k}"]) for k in ("_rate", "_ci_low", "_ci_high")
+        ]
+        row["before_version"] = tags["echo.eval.against"]
+    return row
+
+
+def print_rounds(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title="Echo, round by round (held-out acceptance: 95% CI over paired sessions)", title_justify="left"
+    )
+    for column in (
+        "round",
+        "date",
+        "events",
+        "refinements kept",
+        "challenger (gate)",
+        "champion",
+        "held-out acceptance",
+    ):
+        table.add_column(column)
+    if rows and rows[0].get("before"):
+        rate, low, high = rows[0]["before"]
+        table.add_row(
+            "0", "-", "-", "-", "-", f"v{rows[0]['before_version']}", f"{rate:.2%} [{low:.2%}, {high:.2%}]"
+        )
+    for i, r in enumerate(rows, 1):
+        acceptance = "not measured"
+        if r.get("acceptance"):
+            rate, low, high = r["acceptance"]
+            acceptance = f"{rate:.2%} [{low:.2%}, {high:.2%}]"
+        table.add_row(
+            str(i),
+            r["date"],
+            f"{r['events']:,}" if r["events"] is not None else "?",
+            f"{r['refinements_kept']:,}",
+            f"v{r['challenger']} ({r['verdict'] or '-'})",
+            f"v{r['champion']}",
+            acceptance,
+        )
+    console.print(table)
+
+
 def main() -> None:
     from datetime import UTC, datetime, timedelta
 
+    from echo_lib.config import load_config
+
     start = time.perf_counter()
-    now = datetime.now(UTC).date()
-    today, tomorrow = now.isoformat(), (now + timedelta(days=1)).isoformat()
-    stage("1/7 doctor: every component of the stack, for real", "doctor")
-    stage("2/7 bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
+    first = datetime.now(UTC).date() - timedelta(days=ROUNDS - 1)
+    days = [(first + timedelta(days=k)).isoformat() for k in range(ROUNDS)]
+    stage("doctor: every component of the stack, for real", "doctor")
+    stage("bootstrap v0 on public code (reuses the champion if one exists)", "bootstrap")
     show_heldout_completions()
-    stage(f"3/7 world: one day ({today}) of developers on experience code", "simulate", "--date", today)
-    stage(f"4/7 ingest {today} (Spark): validate, quarantine, deduplicate", "ingest", "--date", today)
-    stage(
-        f"4/7 ingest {tomorrow}: late uploads of {today}'s sessions land there", "ingest", "--date", tomorrow
-    )
-    stage(f"5/7 mine {today} (Spark): one refinement per shown proposal", "mine", "--date", today)
-    stage(f"6/7 gold datasets for {today} (Spark): denoise, scrub, dedupe", "build-dataset", "--date", today)
-    stage("7/7 the champion's acceptance on held-out code (paired sessions, 95% CI)", "acceptance")
+    cfg = load_config(overrides={"promotion.enabled": True}).config
+    rows = []
+    for r, day in enumerate(days, 1):
+        for dag_id, what in (
+            ("echo_world", "simulated developers write the day's code against @champion"),
+            ("echo_nightly", "Spark: ingest, mine, build gold"),
+            ("echo_train", "DeepSpeed fine-tune -> @challenger, evaluate, promotion gate"),
+        ):
+            stage(
+                f"round {r}/{ROUNDS} {day}: {dag_id} ({what})",
+                *DEMO_SETTINGS,
+                "airflow",
+                "dags-test",
+                dag_id,
+                day,
+            )
+        rows.append(round_row(cfg, day))
+        print_rounds(rows)
     console.print(Rule())
-    console.print(PLANNED, highlight=False)
+    console.print(
+        "Airflow UI (the DAG runs above):  .venv/bin/echoctl airflow up     "
+        f"-> http://{cfg.airflow.host}:{cfg.airflow.port}\n"
+        "MLflow UI (runs and the registry): .venv/bin/mlflow ui --backend-store-uri "
+        f"{cfg.mlflow_tracking_uri} --host 127.0.0.1 --port 5000",
+        highlight=False,
+    )
     console.print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 
 

@@ -232,13 +232,21 @@ def evaluate(
     per_session: dict[str, list[tuple[float, float]]] = {}
     for role, mv in (("champion", champion_mv), ("challenger", challenger_mv)):
         engine = load_engine(cfg, f"models:/{name}/{mv.version}")
-        progress(f"{role} v{mv.version}: {sessions} held-out world sessions (seed {seed}) ...")
-        online = measure_acceptance(
-            cfg, engine=engine, sessions=sessions, seed=seed, log_to_mlflow=False, keep_results=True
-        )
-        results = online.pop("results")
+        cache = _online_cache(cfg, mv, sessions, seed, engine)
+        if cache.is_file():
+            progress(f"{role} v{mv.version}: held-out world sessions measured before, reusing {cache.name}")
+            online = json.loads(cache.read_text())
+        else:
+            progress(f"{role} v{mv.version}: {sessions} held-out world sessions (seed {seed}) ...")
+            online = measure_acceptance(
+                cfg, engine=engine, sessions=sessions, seed=seed, log_to_mlflow=False, keep_results=True
+            )
+            online["refinements"] = heldout_refinements(online.pop("results"))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(online))
+        refinements = online.pop("refinements")
         if role == "champion":
-            rows = heldout_refinements(results)
+            rows = _sample(refinements, cfg.promotion.offline_max_rows)
         per_session[role] = [(s["accepted"], s["shown"]) for s in online.pop("per_session")]
         progress(f"{role} v{mv.version}: offline on {len(rows)} held-out refinements, forgetting check ...")
         report[role] = {
@@ -250,6 +258,45 @@ def evaluate(
     report["seconds"] = time.perf_counter() - began
     _log_evaluation(cfg, challenger_mv, report)
     return report
+
+
+def _online_cache(cfg: EchoConfig, mv, sessions: int, seed: int, engine) -> Path:
+    """Where a model's held-out world run is kept: the world is deterministic given the model's
+    files, the sessions, the seed, the behaviour and the engine settings, so it is measured once."""
+    import dataclasses
+    import hashlib
+
+    from echo_lib.world.behaviour import BehaviourParams
+
+    identity = json.dumps(
+        [
+            mv.run_id,
+            mv.source,
+            str(mv.version),
+            sessions,
+            seed,
+            dataclasses.asdict(BehaviourParams()),
+            dataclasses.asdict(engine.settings),
+            cfg.corpus.model_dump(),
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return cfg.var_path / "cache" / "acceptance" / f"v{mv.version}-{sessions}x{seed}-{digest}.json"
+
+
+def _sample(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """At most ``limit`` rows, a fixed sample (stable across runs and models)."""
+    if len(rows) <= limit:
+        return rows
+    return sorted(rows, key=lambda r: hashlib_key(r["request_id"]))[:limit]
+
+
+def hashlib_key(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def resolve_version(cfg: EchoConfig, version_or_alias: str):

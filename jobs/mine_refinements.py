@@ -22,15 +22,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--settle-s", type=int, default=30, help="youngest snapshot age that counts as settled"
     )
+    parser.add_argument(
+        "--if-present",
+        action="store_true",
+        help="succeed without writing when the date has no bronze partition (the nightly re-mine of D-1)",
+    )
     args = parser.parse_args(argv)
 
+    from echo_lib import lake as lake_io
     from echo_lib.config import load_config
     from echo_lib.mining.refinements import run_mine
     from echo_lib.spark import get_session
 
     cfg = load_config().config
+    lake = args.lake or cfg.lake_uri
     spark = get_session(cfg, f"echo-mine-{args.date}")
-    manifest = run_mine(spark, args.lake or cfg.lake_uri, args.date, settle_s=args.settle_s)
+    if args.if_present and not lake_io.is_complete(spark, lake, "bronze/events", args.date):
+        print("ECHO_RESULT " + json.dumps({"dt": args.date, "skipped": "no bronze partition"}))
+        return
+    manifest = run_mine(spark, lake, args.date, settle_s=args.settle_s)
     print("ECHO_RESULT " + json.dumps(manifest))
 
 

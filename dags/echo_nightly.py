@@ -1,0 +1,75 @@
+"""
+### echo_nightly: one day of raw telemetry -> bronze -> refinements -> gold
+
+One run per logical date `D` (cron `airflow.nightly_cron`, default 02:00 UTC):
+
+1. **wait_for_raw**: a reschedule-mode sensor until the collector has landed `raw/events/dt=D`
+   (times out after `airflow.raw_wait_timeout_s`);
+2. **ingest**: `jobs/ingest_events.py --date D` (validate, quarantine, dedupe);
+3. **remine_previous_day**: `jobs/mine_refinements.py --date D-1`: D-1 is complete now that its
+   late events (which land in D) are ingested (the lookback rule, docs/mining.md);
+4. **mine**: `jobs/mine_refinements.py --date D` (provisional until D+1 arrives);
+5. **build_dataset**: `jobs/build_dataset.py --from D-1 --to D` -> `gold/*/dt=D`;
+6. **publish_gold**: emits the `echo_gold` Asset with `{"dt": D, ...}`, which schedules `echo_train`.
+
+Spark jobs go through `SparkSubmitOperator` on connection `echo_spark` (its master is
+`spark.master` from Echo's config, `local[*]` by default). Every output is a date partition
+swapped in atomically, so reruns and backfills (`max_active_runs=1`) never collide.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import dag, task
+
+from echo_lib.orchestration import DEFAULT_ARGS, GOLD, JOBS, env_setting, gold_manifest, on_failure, raw_ready
+
+PREVIOUS_DAY = "{{ macros.ds_add(ds, -1) }}"
+
+
+def spark_job(task_id: str, job: str, args: list[str]) -> SparkSubmitOperator:
+    return SparkSubmitOperator(
+        task_id=task_id,
+        application=str(JOBS / f"{job}.py"),
+        application_args=args,
+        conn_id="echo_spark",
+        name=f"echo-{task_id}-{{{{ ds }}}}",
+        driver_memory=env_setting("ECHO_SPARK__DRIVER_MEMORY", "4g"),
+    )
+
+
+@dag(
+    dag_id="echo_nightly",
+    schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    doc_md=__doc__,
+    tags=["echo", "data"],
+)
+def echo_nightly():
+    @task.sensor(
+        poke_interval=60,
+        timeout=int(env_setting("ECHO_AIRFLOW__RAW_WAIT_TIMEOUT_S", "21600")),
+        mode="reschedule",
+    )
+    def wait_for_raw(ds=None) -> bool:
+        return raw_ready(ds)
+
+    @task(outlets=[GOLD])
+    def publish_gold(ds=None, outlet_events=None) -> dict:
+        extra = gold_manifest(ds)
+        outlet_events[GOLD].extra = {"dt": ds, "manifest_sha256": extra["manifest_sha256"]}
+        return extra
+
+    ingest = spark_job("ingest", "ingest_events", ["--date", "{{ ds }}"])
+    remine = spark_job("remine_previous_day", "mine_refinements", ["--date", PREVIOUS_DAY, "--if-present"])
+    mine = spark_job("mine", "mine_refinements", ["--date", "{{ ds }}"])
+    build = spark_job("build_dataset", "build_dataset", ["--from", PREVIOUS_DAY, "--to", "{{ ds }}"])
+    wait_for_raw() >> ingest >> remine >> mine >> build >> publish_gold()
+
+
+echo_nightly()

@@ -1,0 +1,41 @@
+"""
+### echo_world: the simulated developers (demo configuration only)
+
+Produces each logical date's raw telemetry with the current `@champion`, as real IDEs would: the
+day's sessions on the team repos' experience split, delivered with duplicates and late events
+into `raw/events/dt=D`. Same cron as `echo_nightly`, whose sensor then finds the day.
+
+Defined only when `airflow.world_dag` is true (the embedded demo default); production config sets
+it false, because production telemetry comes from real users.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+from echo_lib.orchestration import DEFAULT_ARGS, env_setting, on_failure
+
+if env_setting("ECHO_AIRFLOW__WORLD_DAG", "true").lower() == "true":
+
+    @dag(
+        dag_id="echo_world",
+        schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+        doc_md=__doc__,
+        tags=["echo", "world", "demo"],
+    )
+    def echo_world():
+        @task
+        def simulate(ds=None) -> dict:
+            from echo_lib import orchestration
+
+            return orchestration.simulate(ds)
+
+        simulate()
+
+    echo_world()
