@@ -18,12 +18,15 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/var/cache/torch_extensions
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint doctor clean reset
+.PHONY: help install demo test lint doctor airflow airflow-down mlflow clean reset
 
 help:
 	@echo "make demo    run Echo end to end on embedded defaults (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
 	@echo "make lint    ruff over the tree"
+	@echo "make airflow start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1"
+	@echo "make airflow-down  stop them"
+	@echo "make mlflow  the MLflow UI on 127.0.0.1:5000"
 	@echo "make reset   delete var/ (lake, MLflow store, Airflow home, checkpoints); keeps .venv"
 	@echo "make clean   delete var/ and .venv"
 
@@ -51,6 +54,15 @@ lint: $(STAMP)
 
 doctor: $(STAMP)
 	@$(BIN)/echoctl doctor
+
+airflow: $(STAMP)
+	@$(BIN)/echoctl airflow up
+
+airflow-down: $(STAMP)
+	@$(BIN)/echoctl airflow down
+
+mlflow: $(STAMP)
+	@$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 reset:
 	rm -rf var

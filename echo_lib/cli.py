@@ -412,6 +412,12 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="finish the last interrupted run from its checkpoint")
     ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control", help="equal-compute control: same steps on public code instead of gold (@control)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with the result")] = False,
 ) -> None:
     """Refine the champion on gold datasets (DeepSpeed + TRL) and register it as @challenger."""
@@ -429,6 +435,7 @@ def train(
             num_procs=num_procs,
             max_steps=max_steps,
             resume=resume,
+            control=control,
             progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
         )
     except (TrainError, CorpusError, ValueError, FileNotFoundError) as exc:
@@ -443,8 +450,9 @@ def train(
             f"{s['tokens']:,} tokens at {s['tokens_per_s'] or 0:,.0f}/s, final loss {s['final_loss']:.3f}",
             highlight=False,
         )
+    alias = "@control" if control else "@challenger"
     console.print(
-        f"registered models:/{name}/{result.version} as @challenger (parent v{result.parent_version}, "
+        f"registered models:/{name}/{result.version} as {alias} (parent v{result.parent_version}, "
         f"gold {result.dates[0]}..{result.dates[-1]}) in {result.seconds:.0f} s; MLflow run {result.run_id}",
         highlight=False,
     )
@@ -455,6 +463,9 @@ def evaluate(
     ctx: typer.Context,
     challenger: Annotated[
         str | None, typer.Option(help="version number or alias to judge (default: @challenger)")
+    ] = None,
+    against: Annotated[
+        str | None, typer.Option(help="baseline version or alias (default: @champion)")
     ] = None,
     sessions: Annotated[
         int | None, typer.Option(help="held-out world sessions (default: world.acceptance_sessions)")
@@ -471,6 +482,7 @@ def evaluate(
         report = run_evaluate(
             cfg,
             challenger=challenger,
+            against=against,
             sessions=sessions,
             progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
         )

@@ -203,6 +203,7 @@ def evaluate(
     cfg: EchoConfig,
     *,
     challenger: str | None = None,
+    against: str | None = None,
     sessions: int | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -211,7 +212,9 @@ def evaluate(
     from echo_lib.world.runner import load_engine, measure_acceptance
 
     began = time.perf_counter()
-    champion_mv = registry.version_by_alias(cfg, registry.CHAMPION)
+    champion_mv = (
+        resolve_version(cfg, against) if against else registry.version_by_alias(cfg, registry.CHAMPION)
+    )
     if champion_mv is None:
         raise EvaluationError("no @champion: run `echoctl bootstrap` first")
     challenger_mv = resolve_version(cfg, challenger or registry.CHALLENGER)

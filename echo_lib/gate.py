@@ -196,6 +196,8 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
     metrics = eval_metrics_of(mv)
     verdict = decide(metrics, cfg.promotion)
+    if mv.tags.get("echo.control") == "true":
+        verdict = Verdict(False, ["an equal-compute control model is a baseline, never promoted"])
     against = mv.tags.get("echo.eval.against")
     stale = champion is not None and against is not None and against != str(champion.version)
     if verdict.passed and stale and str(champion.version) != str(mv.version):

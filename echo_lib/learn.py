@@ -48,6 +48,9 @@ GOLD_COLUMNS = {
 COMPLETION_FIELDS = {"sft": ("completion",), "dpo": ("chosen", "rejected"), "kto": ("completion",)}
 
 
+CONTROL = "control"  # alias of the newest equal-compute control model
+
+
 class TrainError(RuntimeError):
     """``echoctl train`` cannot run or failed; no model version was registered."""
 
@@ -63,7 +66,8 @@ class TrainPlan:
     parent_version: str
     parent_dir: str
     preset: str
-    stages: list[dict[str, Any]] = field(default_factory=list)  # name, job path, output dir, rows
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    control: bool = False  # equal-compute control: public code in place of the gold rows  # name, job path, output dir, rows
 
     def save(self) -> None:
         Path(self.work, "plan.json").write_text(json.dumps(asdict(self), indent=2))
@@ -296,8 +300,12 @@ def train(
     num_procs: int | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    control: bool = False,
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
+    """Refine @champion on gold and register @challenger. With ``control``, train the same steps on
+    the same number of rows of public code instead of gold and register it as @control: the
+    equal-compute baseline that tells learning from refinements apart from more training."""
     from echo_lib import registry
     from echo_lib.launch import TrainingFailed, launch
     from echo_lib.tracking import configure_mlflow
@@ -311,7 +319,7 @@ def train(
         progress(f"resuming training run {plan.run_id} ({plan.objective}, gold {', '.join(plan.dates)})")
         client.update_run(plan.run_id, status="RUNNING")
     else:
-        plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress)
+        plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress, control)
     try:
         init = plan.parent_dir
         for stage in plan.stages:
@@ -369,6 +377,7 @@ def _plan(
     procs: int,
     max_steps: int | None,
     progress: Callable[[str], None],
+    control: bool = False,
 ) -> TrainPlan:
     """Validate the data, fetch the champion, shape the rows and open the MLflow run."""
     import pandas as pd
@@ -381,6 +390,10 @@ def _plan(
 
     if objective not in STAGES:
         raise TrainError(f"unknown objective {objective!r}; choose one of {', '.join(STAGES)}")
+    if control and "dpo" in STAGES[objective]:
+        raise TrainError(
+            "an equal-compute control exists for sft and kto (public code has no preference pairs)"
+        )
     lake, learn = cfg.lake_uri, cfg.learn
     dates = select_window(gold_dates(lake), start, end, learn.window_days)
     gold = {s: read_gold(lake, GOLD_TABLE[s], dates) for s in STAGES[objective]}
@@ -411,11 +424,12 @@ def _plan(
 
     run = client.create_run(
         configure_mlflow(cfg),
-        run_name=f"train-{objective}-{dates[-1]}",
+        run_name=f"{'control' if control else 'train'}-{objective}-{dates[-1]}",
         tags={
             "echo.stage": "train",
             "echo.objective": objective,
             "echo.parent_version": str(champion.version),
+            "echo.control": str(control).lower(),
         },
     )
     work = cfg.var_path / "work" / "train" / run.info.run_id
@@ -428,6 +442,7 @@ def _plan(
         parent_version=str(champion.version),
         parent_dir=str(parent_dir),
         preset=preset.name,
+        control=control,
     )
     try:
         for i, stage in enumerate(STAGES[objective]):
@@ -437,6 +452,10 @@ def _plan(
                 stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context
             )
             rows += replay
+            if control:  # same count and shape, public code only
+                rows, _ = shape_rows(
+                    stage, replay_records(public_texts, len(rows), learn.seed + 100 + i), tokenizer, context
+                )
             if not rows:
                 raise TrainError(f"stage {stage}: every gold row was dropped ({dropped})")
             data_path = work / f"{stage}.parquet"
@@ -588,12 +607,16 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str):
             "echo.preset": plan.preset,
             "echo.gold_dates": ",".join(plan.dates),
             "echo.train_rows": str(rows),
+            "echo.control": str(plan.control).lower(),
         },
         description=(
-            f"{plan.objective} from v{plan.parent_version} on gold {plan.dates[0]}..{plan.dates[-1]} "
+            f"equal-compute control: {plan.objective} from v{plan.parent_version} on {rows:,} rows of public "
+            f"code (as many as gold {plan.dates[0]}..{plan.dates[-1]} gave); never promoted."
+            if plan.control
+            else f"{plan.objective} from v{plan.parent_version} on gold {plan.dates[0]}..{plan.dates[-1]} "
             f"({rows:,} rows incl. replay); challenger until `echoctl promote`."
         ),
-        alias=registry.CHALLENGER,
+        alias=CONTROL if plan.control else registry.CHALLENGER,
     )
     client.set_terminated(plan.run_id, "FINISHED")
     return version

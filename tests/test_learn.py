@@ -280,3 +280,25 @@ def test_bad_gold_fails_early_and_registers_nothing(gold_var: Path, tmp_path: Pa
     assert after == before
     still = registry.version_by_alias(cfg, registry.CHALLENGER)
     assert (still and still.version) == (challenger and challenger.version)
+
+
+@pytest.mark.integration
+def test_equal_compute_control_trains_on_public_code_and_is_never_promoted(gold_var: Path) -> None:
+    from echo_lib import registry
+
+    args = ("--objective", "sft", "--max-steps", "2")
+    result = _train(gold_var, *args, "--control")
+    [stage] = result["stages"]
+    assert stage["replay_rows"] == stage["rows"]  # public code only
+    assert (
+        abs(stage["rows"] - (45 + round(45 * 0.3 / 0.7))) <= 2
+    )  # as many as gold gave (a long line may not fit)
+    cfg = _cfg(gold_var)
+    control = registry.client(cfg).get_model_version_by_alias(cfg.mlflow.registered_model, "control")
+    assert str(control.version) == result["version"] and control.tags["echo.control"] == "true"
+    proc = run_echoctl(
+        gold_var, "--set", "promotion.enabled=true", "promote", "--version", result["version"], "--json"
+    )
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outcome["verdict"] == "fail" and not outcome["promoted"]
+    assert "never promoted" in outcome["reasons"][0]

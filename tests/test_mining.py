@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -11,13 +10,12 @@ from pyspark.testing import assertDataFrameEqual
 
 from echo_lib import corpus
 from echo_lib.config import load_config
-from echo_lib.engine import Proposal
 from echo_lib.mining.ingest import run_ingest
 from echo_lib.mining.refinements import mine, run_mine
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.simulate import plan_day, run_sessions
-from tests.scripted import proposal
+from tests.scripted import Oracle
 
 T0 = datetime(2026, 11, 24, 9, tzinfo=UTC)
 
@@ -166,33 +164,6 @@ def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
 
 
 # --------------------------------------------------------------------------- world data, known truth
-
-
-class Oracle:
-    """Proposals built from the real code (exact, close, right start, wrong, hidden)."""
-
-    model_version = "oracle"
-
-    def __init__(self, texts: list[str], seed: int) -> None:
-        self.texts, self.rng = texts, random.Random(seed)
-
-    def complete(self, prefixes, suffixes=None):
-        return [self._one(p, s) for p, s in zip(prefixes, suffixes, strict=True)]
-
-    def _one(self, prefix: str, suffix: str) -> Proposal:
-        text = next(t for t in self.texts if prefix in t and suffix[:200] in t)
-        pos = len(prefix) if text.startswith(prefix) else text.index(prefix) + len(prefix)
-        real = text[pos : text.index("\n", pos)]
-        kind = self.rng.choice(["exact", "close", "start", "wrong", "hidden"])
-        if kind == "exact":
-            return proposal(real)
-        if kind == "close" and len(real) > 4:
-            return proposal(real[:-1] + "Z")
-        if kind == "start" and len(real) > 3:
-            return proposal(real[: len(real) // 2] + " junk")
-        if kind == "hidden":
-            return proposal(real, 0.01, False)
-        return proposal("print('nope')")
 
 
 def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False):

@@ -1,0 +1,101 @@
+"""DagBag policy: every DAG imports cleanly and cheaply, and carries what operations needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from echo_lib.config import load_config
+from tests.conftest import REPO
+
+# Parse the DAG folder the way the dag-processor does, counting SQL statements and heavy modules.
+PARSE = """
+import json, sys
+from sqlalchemy import event
+from airflow import settings
+statements = []
+event.listen(settings.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
+before = set(sys.modules)
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+heavy = sorted({m.split(".")[0] for m in set(sys.modules) - before}
+               & {"torch", "pyspark", "mlflow", "transformers", "deepspeed", "trl", "pandas", "datasets"})
+dags = {}
+for dag_id, dag in bag.dags.items():
+    dags[dag_id] = {
+        "tags": sorted(dag.tags),
+        "max_active_runs": dag.max_active_runs,
+        "doc_md": bool(dag.doc_md),
+        "schedule": getattr(dag.timetable, "description", "") + " " + repr(dag.timetable) + " " + str(getattr(dag.timetable, "asset_condition", "")),
+        "tasks": {t.task_id: {"retries": t.retries, "callback": bool(t.on_failure_callback),
+                              "downstream": sorted(t.downstream_task_ids)} for t in dag.tasks},
+    }
+print(json.dumps({"dags": dags, "errors": bag.import_errors, "sql": statements, "heavy": heavy}))
+"""
+
+
+def parse(tmp_path: Path, **env: str) -> dict:
+    from echo_lib.airflow_services import environment
+
+    cfg = load_config(overrides={"var_dir": str(tmp_path / "var")}).config
+    full = {**environment(cfg), **env}
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE, str(REPO / "dags")],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return parse(tmp_path_factory.mktemp("dagbag"))
+
+
+def test_every_dag_imports_without_errors(bag: dict) -> None:
+    assert bag["errors"] == {}
+    assert sorted(bag["dags"]) == ["echo_nightly", "echo_train", "echo_world"]
+    for path in (REPO / "dags").glob("*.py"):
+        assert path.stem in bag["dags"], f"{path.name}: one DAG per file, named after it"
+
+
+def test_parsing_queries_no_database_and_imports_nothing_heavy(bag: dict) -> None:
+    assert bag["sql"] == []
+    assert bag["heavy"] == []
+
+
+def test_operations_policy(bag: dict) -> None:
+    for dag_id, dag in bag["dags"].items():
+        assert "echo" in dag["tags"] and len(dag["tags"]) >= 2, dag_id
+        assert dag["max_active_runs"] == 1, dag_id
+        assert dag["doc_md"], dag_id
+        for task_id, task in dag["tasks"].items():
+            assert task["retries"] >= 1, f"{dag_id}.{task_id}"
+            assert task["callback"], f"{dag_id}.{task_id} has no failure callback"
+
+
+def test_wiring(bag: dict) -> None:
+    nightly = bag["dags"]["echo_nightly"]["tasks"]
+    chain = ["wait_for_raw", "ingest", "remine_previous_day", "mine", "build_dataset", "publish_gold"]
+    for upstream, downstream in zip(chain, chain[1:], strict=False):
+        assert nightly[upstream]["downstream"] == [downstream]
+    assert (
+        "echo_gold" in bag["dags"]["echo_train"]["schedule"]
+        or "Asset" in bag["dags"]["echo_train"]["schedule"]
+    )
+    train = bag["dags"]["echo_train"]["tasks"]
+    assert train["train"]["downstream"] == ["evaluate"] and train["evaluate"]["downstream"] == ["promote"]
+    assert sorted(train["promote"]["downstream"]) == ["announce", "champion_changed"]
+
+
+def test_schedule_comes_from_config_and_world_dag_can_be_disabled(tmp_path: Path) -> None:
+    bag = parse(tmp_path, ECHO_AIRFLOW__NIGHTLY_CRON="30 4 * * *", ECHO_AIRFLOW__WORLD_DAG="false")
+    assert sorted(bag["dags"]) == ["echo_nightly", "echo_train"]
+    assert "30 4 * * *" in bag["dags"]["echo_nightly"]["schedule"]
