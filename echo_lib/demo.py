@@ -132,7 +132,7 @@ def print_rounds(rows: list[dict]) -> None:
             f"v{r['champion']}",
             acceptance,
         )
-    console.print(table)
+    console.print(table, width=max(console.width, 132))  # one line per row, also in a log file
 
 
 def main() -> None:

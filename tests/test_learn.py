@@ -248,6 +248,9 @@ def test_resume_after_a_kill_reaches_the_same_loss(gold_var: Path, tmp_path: Pat
     [stage] = resumed["stages"]
     assert stage["resumed"] is True and stage["steps"] == 24
     assert resumed["run_id"] != reference["run_id"]
+    print(
+        f"final loss: uninterrupted {ref_stage['final_loss']:.6f}, killed and resumed {stage['final_loss']:.6f}"
+    )
     assert stage["final_loss"] == pytest.approx(ref_stage["final_loss"], rel=0.01)
 
     from echo_lib import registry
