@@ -19,12 +19,10 @@ swapped in atomically, so reruns and backfills (`max_active_runs=1`) never colli
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DEFAULT_ARGS, GOLD, JOBS, env_setting, gold_manifest, on_failure, raw_ready
+from echo_lib.orchestration import DAG_KWARGS, GOLD, JOBS, env_setting, gold_manifest, raw_ready
 
 PREVIOUS_DAY = "{{ macros.ds_add(ds, -1) }}"
 
@@ -43,10 +41,7 @@ def spark_job(task_id: str, job: str, args: list[str]) -> SparkSubmitOperator:
 @dag(
     dag_id="echo_nightly",
     schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    **DAG_KWARGS,
     doc_md=__doc__,
     tags=["echo", "data"],
 )

@@ -16,20 +16,15 @@ Scheduled on the `echo_gold` Asset (each completed `echo_nightly` run):
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DEFAULT_ARGS, GOLD, on_failure
+from echo_lib.orchestration import DAG_KWARGS, GOLD
 
 
 @dag(
     dag_id="echo_train",
     schedule=[GOLD],
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+    **DAG_KWARGS,
     doc_md=__doc__,
     tags=["echo", "model"],
 )

@@ -11,21 +11,16 @@ it false, because production telemetry comes from real users.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DEFAULT_ARGS, env_setting, on_failure
+from echo_lib.orchestration import DAG_KWARGS, env_setting
 
 if env_setting("ECHO_AIRFLOW__WORLD_DAG", "true").lower() == "true":
 
     @dag(
         dag_id="echo_world",
         schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
-        default_args={**DEFAULT_ARGS, "on_failure_callback": on_failure},
+        **DAG_KWARGS,
         doc_md=__doc__,
         tags=["echo", "world", "demo"],
     )

@@ -293,13 +293,9 @@ def _sample(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """At most ``limit`` rows, a fixed sample (stable across runs and models)."""
     if len(rows) <= limit:
         return rows
-    return sorted(rows, key=lambda r: hashlib_key(r["request_id"]))[:limit]
-
-
-def hashlib_key(text: str) -> str:
     import hashlib
 
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sorted(rows, key=lambda r: hashlib.sha256(r["request_id"].encode()).hexdigest())[:limit]
 
 
 def resolve_version(cfg: EchoConfig, version_or_alias: str):

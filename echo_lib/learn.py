@@ -90,7 +90,7 @@ class TrainResult:
 # ---- gold -------------------------------------------------------------------------------------
 
 
-def _fs(lake: str):
+def lake_fs(lake: str):
     """(pyarrow filesystem, path) for a lake URI: a local folder, file://, s3://, hdfs:// ..."""
     import pyarrow.fs as pafs
 
@@ -103,7 +103,7 @@ def gold_dates(lake: str) -> list[str]:
     """Dates with a complete gold build (its manifest partition carries ``_SUCCESS``)."""
     import pyarrow.fs as pafs
 
-    fs, root = _fs(lake)
+    fs, root = lake_fs(lake)
     base = f"{root}/gold/_manifests"
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     dates = []
@@ -135,7 +135,7 @@ def select_window(available: list[str], start: str | None, end: str | None, wind
 
 
 def read_manifest(lake: str, dt: str) -> dict[str, Any]:
-    fs, root = _fs(lake)
+    fs, root = lake_fs(lake)
     with fs.open_input_stream(f"{root}/gold/_manifests/dt={dt}/_manifest.json") as stream:
         return json.loads(stream.read())
 
@@ -146,7 +146,7 @@ def read_gold(lake: str, table: str, dates: list[str]) -> pd.DataFrame:
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
 
-    fs, root = _fs(lake)
+    fs, root = lake_fs(lake)
     required = GOLD_COLUMNS[table]
     frames = []
     for dt in dates:

@@ -7,7 +7,7 @@ The DAG files in ``dags/`` only wire these together.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,16 @@ def _config():
     return load_config().config
 
 
+# What every Echo DAG shares: one run at a time, no implicit catch-up (backfills are explicit),
+# retries with backoff and the failure callback on every task.
+DAG_KWARGS: dict[str, Any] = {
+    "start_date": datetime(2026, 1, 1),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": {**DEFAULT_ARGS, "on_failure_callback": on_failure},
+}
+
+
 # ---- echo_nightly ---------------------------------------------------------------------------------
 
 
@@ -62,9 +72,9 @@ def raw_ready(ds: str) -> bool:
     """Sensor body: has the collector landed any telemetry for ``ds``?"""
     import pyarrow.fs as pafs
 
-    from echo_lib.learn import _fs
+    from echo_lib.learn import lake_fs
 
-    fs, root = _fs(_config().lake_uri)
+    fs, root = lake_fs(_config().lake_uri)
     infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
     return any(i.base_name.endswith(".jsonl.gz") for i in infos)
 

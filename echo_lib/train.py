@@ -333,24 +333,15 @@ def _trainer(job: TrainJob, model, tokenizer, dataset, common: dict[str, Any], l
     # DPO and KTO need a frozen reference: the starting weights (TRL cannot load one by name here)
     reference = copy.deepcopy(model).eval()
     if job.objective == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(**common, beta=job.beta, max_length=max_length)
-        return DPOTrainer(
-            model=model,
-            ref_model=reference,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[logger],
-        )
-    from trl import KTOConfig, KTOTrainer
-
-    args = KTOConfig(**common, beta=job.beta, max_length=max_length)
-    return KTOTrainer(
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as TrainerClass
+    else:
+        from trl import KTOConfig as Config
+        from trl import KTOTrainer as TrainerClass
+    return TrainerClass(
         model=model,
         ref_model=reference,
-        args=args,
+        args=Config(**common, beta=job.beta, max_length=max_length),
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[logger],
