@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -49,8 +50,12 @@ def main(
     ] = None,
 ) -> None:
     import logging
+    import os
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep command output to its summary
+    # libraries' download and weight-loading bars are not Echo's progress: keep them out
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         ctx.obj = load_config(config, parse_overrides(set_ or []))
     except ConfigError as exc:
@@ -204,7 +209,7 @@ def _run_world(label: str, fn, **kwargs):
             raise fail(str(exc)) from exc
 
 
-SplitOpt = Annotated[str, typer.Option("--split", help="experience or heldout")]
+SplitOpt = Annotated[str, typer.Option("--split", help="experience, heldout or calibration")]
 CorpusOpt = Annotated[
     list[str] | None, typer.Option("--corpus", help="team repo directory (repeatable); default: config")
 ]
@@ -295,6 +300,10 @@ def acceptance(
     table.add_row("requests / shown / accepted", f"{s['requests']} / {s['shown']} / {s['accepted']}")
     table.add_row("shown per trigger", f"{s['shown_per_trigger']:.2f}")
     table.add_row("accepted and retained characters", f"{s['accepted_retained_chars']:,}")
+    table.add_row(
+        "retained characters per request [95% CI]",
+        f"{s['retained_per_request']:.3f} [{s['retained_ci_low']:.3f}, {s['retained_ci_high']:.3f}]",
+    )
     for outcome, count in s["outcomes"].items():
         table.add_row(f"outcome: {outcome}", str(count))
     for trigger, c in sorted(s["by_trigger"].items()):
@@ -418,6 +427,14 @@ def train(
             "--control", help="equal-compute control: same steps on public code instead of gold (@control)"
         ),
     ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="an equal-compute baseline instead of gold, never promoted: public (@control), "
+            "team-experience (the team's own files, @repo) or team-heldout (the held-out files "
+            "themselves, @instrument: can evaluation see learning?)"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with the result")] = False,
 ) -> None:
     """Refine the champion on gold datasets (DeepSpeed + TRL) and register it as @challenger."""
@@ -436,6 +453,7 @@ def train(
             max_steps=max_steps,
             resume=resume,
             control=control,
+            baseline=baseline,
             progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
         )
     except (TrainError, CorpusError, ValueError, FileNotFoundError) as exc:
@@ -446,11 +464,14 @@ def train(
     name = cfg.mlflow.registered_model
     for s in result.stages:
         console.print(
-            f"  {s['name']}: {s['steps']} steps, {s['rows']:,} rows ({s['replay_rows']:,} replay), "
+            f"  {s['name']}: {s['steps']} steps, {s['rows']:,} rows ({s['replay_rows']:,} replay, "
+            f"{s.get('context_rows') or 0:,} context), "
             f"{s['tokens']:,} tokens at {s['tokens_per_s'] or 0:,.0f}/s, final loss {s['final_loss']:.3f}",
             highlight=False,
         )
-    alias = "@control" if control else "@challenger"
+    from echo_lib.learn import BASELINES
+
+    alias = f"@{BASELINES[baseline or 'public'][0]}" if (control or baseline) else "@challenger"
     console.print(
         f"registered models:/{name}/{result.version} as {alias} (parent v{result.parent_version}, "
         f"gold {result.dates[0]}..{result.dates[-1]}) in {result.seconds:.0f} s; MLflow run {result.run_id}",
@@ -492,6 +513,71 @@ def evaluate(
         print(json.dumps(report, default=str))
         return
     console.print(render_report(report), highlight=False)
+
+
+@app.command()
+def calibrate(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Option(help="the version whose weights get a new show policy")],
+    against: Annotated[str, typer.Option(help="the version the policy must beat (its champion)")] = "1",
+) -> None:
+    """Calibrate a show policy for an existing version's weights and register the pair as a new
+    version (no training): what the policy filters, apart from what the model learned."""
+    from echo_lib.calibrate import recalibrate
+    from echo_lib.engine import ModelLoadError
+
+    cfg = loaded(ctx).config
+    try:
+        new = recalibrate(
+            cfg, version, against, progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)
+        )
+    except (ModelLoadError, ValueError) as exc:
+        raise fail(f"calibrate failed: {exc}") from exc
+    console.print(f"registered models:/{cfg.mlflow.registered_model}/{new} (weights of v{version})")
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    versions: Annotated[str, typer.Option(help="comma-separated versions or aliases to compare")],
+    base: Annotated[str, typer.Option(help="the version every gain is paired against")] = "1",
+    split: SplitOpt = "heldout",
+    sessions: Annotated[
+        int | None, typer.Option(help="world sessions (default: world.acceptance_sessions)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="seed (default: world.acceptance_seed)")] = None,
+    forgetting: Annotated[
+        bool, typer.Option(help="also run the forgetting check on reserved public code")
+    ] = True,
+    markdown: Annotated[Path | None, typer.Option(help="also write the table to this markdown file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full comparison as JSON")] = False,
+) -> None:
+    """Several versions side by side on the same world sessions, each gain paired against --base."""
+    from echo_lib.engine import ModelLoadError
+    from echo_lib.evaluate import EvaluationError, render_comparison
+    from echo_lib.evaluate import compare as run_compare
+
+    cfg = loaded(ctx).config
+    try:
+        result = run_compare(
+            cfg,
+            [v.strip() for v in versions.split(",") if v.strip()],
+            base=base,
+            sessions=sessions,
+            seed=seed,
+            split=split,
+            forgetting=forgetting,
+            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+        )
+    except (EvaluationError, ModelLoadError, ValueError) as exc:
+        raise fail(f"compare failed: {exc}") from exc
+    table = render_comparison(result)
+    if markdown:
+        markdown.write_text(table)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    console.print(table, highlight=False, soft_wrap=True)
 
 
 @app.command()

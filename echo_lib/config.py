@@ -130,13 +130,31 @@ class CorpusSettings(_Section):
         description="team repos: installed package names or directories (one repo each)",
     )
     heldout_percent: int = Field(20, ge=1, le=90, description="share of each team repo's files held out")
+    calibration_percent: int = Field(
+        10, ge=0, le=50, description="share of each team repo's files kept for show-policy calibration"
+    )
     public_reserve_percent: int = Field(2, ge=1, le=50, description="share of public code never trained on")
+
+    @model_validator(mode="after")
+    def _room_for_experience(self) -> CorpusSettings:
+        if self.heldout_percent + self.calibration_percent >= 100:
+            raise ValueError("heldout_percent + calibration_percent must leave files for experience")
+        return self
 
 
 class EngineConfig(_Section):
     max_new_tokens: int = Field(48, gt=0, description="generation budget per proposal")
     show_threshold: float = Field(
-        0.15, ge=0, le=1, description="proposals below this confidence are not shown"
+        0.15,
+        ge=0,
+        le=1,
+        description="confidence below which a proposal is not shown, for a model version without a "
+        "calibrated show policy (v0), or for every model when show_policy=threshold",
+    )
+    show_policy: Literal["model", "threshold"] = Field(
+        "model",
+        description="model: each version's calibrated show policy (show_policy.json) decides what is "
+        "shown; threshold: engine.show_threshold on confidence for every model",
     )
     batch_size: int = Field(32, gt=0, description="requests decoded together")
     torch_threads: int = Field(2, gt=0, description="torch threads for inference (world, evaluation)")
@@ -146,7 +164,9 @@ class WorldConfig(_Section):
     sessions: int = Field(120, gt=0, description="simulated sessions per day")
     seed: int = Field(0, description="world seed: same seed, same sessions, same events")
     concurrency: int = Field(64, gt=0, description="sessions simulated at once (their requests are batched)")
-    acceptance_sessions: int = Field(120, gt=0, description="held-out sessions for echoctl acceptance")
+    acceptance_sessions: int = Field(
+        400, gt=0, description="held-out sessions for echoctl acceptance and echoctl evaluate"
+    )
     acceptance_seed: int = Field(1000, description="seed of the held-out acceptance sessions")
 
 
@@ -178,12 +198,40 @@ class LearnSettings(_Section):
     )
     max_steps_cap: int = Field(300, gt=0, description="most steps per stage when max_steps is 0")
     learning_rate: float = Field(5e-4, gt=0, lt=1, description="peak learning rate when refining")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay when refining (decay pulls toward zero, not the parent)"
+    )
     replay_share: float = Field(
-        0.3, ge=0, lt=1, description="share of SFT/KTO rows that are public code (guards against forgetting)"
+        0.3,
+        ge=0,
+        lt=1,
+        description="public code replayed against forgetting: share of SFT loss tokens (full-loss blocks), "
+        "of KTO rows",
+    )
+    context_loss: bool = Field(
+        True,
+        description="SFT also learns the code around each refinement (its prompt), once per stretch of "
+        "code, as full-loss blocks",
     )
     beta: float = Field(0.1, gt=0, description="DPO/KTO beta")
     save_steps: int = Field(50, gt=0, description="checkpoint every K steps (resume point)")
     seed: int = Field(0, description="seed for data order, replay sampling and init")
+
+
+class CalibrationSettings(_Section):
+    """Fitting a trained model's show policy on canary traffic (the ``calibration`` split)."""
+
+    enabled: bool = Field(True, description="calibrate every trained model before it is registered")
+    policy: Literal["logistic", "confidence"] = Field(
+        "logistic",
+        description="logistic: P(accept) from request-time features, learned from the canary's "
+        "outcomes; confidence: a threshold on the model's confidence only",
+    )
+    sessions: int = Field(200, gt=0, description="canary sessions on the calibration split per model")
+    seed: int = Field(2000, description="seed of the canary sessions (the same for every model)")
+    min_shown_rate: float = Field(
+        0.02, ge=0, le=1, description="a threshold must show at least this share of requests"
+    )
 
 
 class PromotionSettings(_Section):
@@ -201,11 +249,17 @@ class PromotionSettings(_Section):
     max_similarity_regression: float = Field(
         0.02, ge=0, description="largest allowed drop of offline edit similarity (absolute)"
     )
+    max_retained_regression: float = Field(
+        0.0,
+        ge=0,
+        description="largest allowed relative drop of retained accepted characters per request "
+        "(what users got); 0 = not lower than the champion's",
+    )
     max_forgetting_regression: float = Field(
-        0.02, ge=0, description="largest allowed drop of next-line exact match on reserved public code"
+        0.02, ge=0, description="largest allowed drop of next-line edit similarity on reserved public code"
     )
     forgetting_samples: int = Field(
-        300, gt=0, description="lines of reserved public code in the forgetting check"
+        1000, gt=0, description="lines of reserved public code in the forgetting check"
     )
     offline_max_rows: int = Field(
         1000, gt=0, description="held-out refinements scored offline (a fixed sample when there are more)"
@@ -231,6 +285,7 @@ class EchoConfig(BaseSettings):
     world: WorldConfig = Field(default_factory=WorldConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     learn: LearnSettings = Field(default_factory=LearnSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @classmethod

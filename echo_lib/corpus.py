@@ -7,7 +7,9 @@ Two kinds of code, neither written by this team:
   *reserved*: never trained on, kept as a forgetting check.
 * **team repos**: the code the agent's users write every day. Default: the installed sources of
   ``sqlalchemy``, ``pydantic`` and ``jinja2``; any directories may be given instead. Each repo is
-  split into ``experience`` (daily traffic Echo learns from) and ``heldout`` (evaluation only).
+  split into ``experience`` (daily traffic Echo learns from), ``heldout`` (evaluation only) and
+  ``calibration`` (canary traffic on which a trained model's show policy is fitted and its
+  threshold chosen: never in gold, never used to judge a model).
 
 Splits are decided by a SHA-256 of ``"<repo>/<posix relative path>"``, so they are disjoint by file
 and identical on every machine and Python version.
@@ -28,7 +30,7 @@ from typing import Literal
 from echo_lib.config import EchoConfig
 
 Kind = Literal["public", "team"]
-Split = Literal["train", "reserved", "experience", "heldout"]
+Split = Literal["train", "reserved", "experience", "heldout", "calibration"]
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_LINE_CHARS = 1000
@@ -94,7 +96,11 @@ def assign_split(repo: Repo, rel_path: str, cfg: EchoConfig) -> Split:
     bucket = path_bucket(repo.name, rel_path)
     if repo.kind == "public":
         return "reserved" if bucket < cfg.corpus.public_reserve_percent else "train"
-    return "heldout" if bucket < cfg.corpus.heldout_percent else "experience"
+    if bucket < cfg.corpus.heldout_percent:
+        return "heldout"
+    if bucket < cfg.corpus.heldout_percent + cfg.corpus.calibration_percent:
+        return "calibration"
+    return "experience"
 
 
 def skip_reason(raw: bytes) -> str | None:

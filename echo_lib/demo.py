@@ -86,22 +86,39 @@ def round_row(cfg, day: str) -> dict:
     }
     # the evaluation measured both models on the same held-out sessions: report the champion's
     role = "challenger" if str(champion.version) == row["challenger"] else "champion"
-    if tags.get(f"echo.eval.{role}.acceptance_rate") and tags.get("echo.eval.against"):
-        row["acceptance"] = [
-            float(tags[f"echo.eval.{role}.acceptance{k}"]) for k in ("_rate", "_ci_low", "_ci_high")
-        ]
-        row["before"] = [
-            float(tags[f"echo.eval.champion.acceptance{k}"]) for k in ("_rate", "_ci_low", "_ci_high")
-        ]
+
+    def triple(prefix: str, key: str, low: str, high: str) -> list[float] | None:
+        keys = [f"echo.eval.{prefix}.{k}" for k in (key, low, high)]
+        return [float(tags[k]) for k in keys] if all(k in tags for k in keys) else None
+
+    if tags.get("echo.eval.against"):
         row["before_version"] = tags["echo.eval.against"]
+        for side, prefix in (("after", role), ("before", "champion")):
+            row[f"{side}_acceptance"] = triple(
+                prefix, "acceptance_rate", "acceptance_ci_low", "acceptance_ci_high"
+            )
+            row[f"{side}_retained"] = triple(
+                prefix, "retained_per_request", "retained_ci_low", "retained_ci_high"
+            )
+        for gain in ("acceptance", "retained"):
+            keys = [f"echo.eval.{gain}_gain{k}" for k in ("", "_ci_low", "_ci_high")]
+            if all(k in tags for k in keys):
+                row[f"{gain}_gain"] = [float(tags[k]) for k in keys]
     return row
+
+
+def _ci(values: list[float] | None, fmt: str) -> str:
+    if not values:
+        return "not measured"
+    value, low, high = values
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def print_rounds(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(
-        title="Echo, round by round (held-out acceptance: 95% CI over paired sessions)", title_justify="left"
+        title="Echo, round by round (held-out world: 95% CIs over paired sessions)", title_justify="left"
     )
     for column in (
         "round",
@@ -109,30 +126,41 @@ def print_rounds(rows: list[dict]) -> None:
         "events",
         "refinements kept",
         "challenger (gate)",
+        "challenger - champion: acceptance | retained chars/request",
         "champion",
-        "held-out acceptance",
+        "acceptance among shown",
+        "retained chars / request",
     ):
         table.add_column(column)
-    if rows and rows[0].get("before"):
-        rate, low, high = rows[0]["before"]
+    if rows and rows[0].get("before_acceptance"):
+        first = rows[0]
         table.add_row(
-            "0", "-", "-", "-", "-", f"v{rows[0]['before_version']}", f"{rate:.2%} [{low:.2%}, {high:.2%}]"
+            "0",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            f"v{first['before_version']}",
+            _ci(first["before_acceptance"], ".2%"),
+            _ci(first["before_retained"], ".3f"),
         )
     for i, r in enumerate(rows, 1):
-        acceptance = "not measured"
-        if r.get("acceptance"):
-            rate, low, high = r["acceptance"]
-            acceptance = f"{rate:.2%} [{low:.2%}, {high:.2%}]"
+        gains = "-"
+        if r.get("acceptance_gain") and r.get("retained_gain"):
+            gains = f"{_ci(r['acceptance_gain'], '+.2%')} | {_ci(r['retained_gain'], '+.3f')}"
         table.add_row(
             str(i),
             r["date"],
             f"{r['events']:,}" if r["events"] is not None else "?",
             f"{r['refinements_kept']:,}",
             f"v{r['challenger']} ({r['verdict'] or '-'})",
+            gains,
             f"v{r['champion']}",
-            acceptance,
+            _ci(r.get("after_acceptance"), ".2%"),
+            _ci(r.get("after_retained"), ".3f"),
         )
-    console.print(table, width=max(console.width, 132))  # one line per row, also in a log file
+    console.print(table, width=max(console.width, 200))  # one line per row, also in a log file
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_lib.show_policy import ShowPolicy
+
 __all__ = [
     "CompletionEngine",
     "EngineSettings",
@@ -51,7 +53,8 @@ class EngineSettings:
         "line"  # "line": stop at end of current line; "lines": up to max_lines lines
     )
     max_lines: int = 3
-    show_threshold: float = 0.0  # proposals with confidence below are marked shown=False
+    show_threshold: float = 0.0  # without a show policy: proposals with confidence below are not shown
+    use_model_policy: bool = True  # a model's calibrated show policy (show_policy.json) decides instead
     batch_size: int = 32
     max_prompt_tokens: int = 0  # 0 = model context length minus max_new_tokens; left-truncate prompts to this
     torch_threads: int | None = None
@@ -80,7 +83,7 @@ class EngineSettings:
 class Proposal:
     text: str  # the continuation after the cursor; never ends with the stopping newline; may be ""
     confidence: float  # exp(mean log-prob) of the generated tokens, in [0, 1]; 0.0 if nothing generated
-    shown: bool  # confidence >= settings.show_threshold and text.strip() != ""
+    shown: bool  # the show policy (or confidence >= settings.show_threshold) says so and text.strip() != ""
     num_tokens: int  # tokens generated, including the healed token, the stopping one and eos
 
 
@@ -206,7 +209,12 @@ class CompletionEngine:
     """
 
     def __init__(
-        self, model, tokenizer, settings: EngineSettings = EngineSettings(), model_version: str = "local"
+        self,
+        model,
+        tokenizer,
+        settings: EngineSettings = EngineSettings(),
+        model_version: str = "local",
+        show_policy: ShowPolicy | None = None,
     ):
         import torch
 
@@ -216,6 +224,7 @@ class CompletionEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.model_version = model_version
+        self.show_policy = show_policy  # the model version's own; applied when settings allow
         self.device = next(self.model.parameters()).device
 
         self.eos_id: int | None = tokenizer.eos_token_id
@@ -269,7 +278,8 @@ class CompletionEngine:
             version = str(local_dir.resolve())
         model, tokenizer = _load_hf_dir(uri, local_dir)
         try:
-            return cls(model, tokenizer, settings, model_version=version)
+            policy = ShowPolicy.load(local_dir)
+            return cls(model, tokenizer, settings, model_version=version, show_policy=policy)
         except Exception as exc:  # an unusable tokenizer/model pairing
             raise ModelLoadError(f"cannot load model {uri!r}: {_reason(exc)}") from exc
 
@@ -294,7 +304,7 @@ class CompletionEngine:
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 self._decode([rows[i] for i in order[start : start + size]])
-        return [self._proposal(row) for row in rows]
+        return [self._proposal(row, prefix) for row, prefix in zip(rows, prefixes, strict=True)]
 
     def _max_prompt_tokens(self) -> int:
         limit = self.settings.max_prompt_tokens
@@ -312,11 +322,18 @@ class CompletionEngine:
             ids = [self.start_id]
         return _Row(prompt=ids[-self._max_prompt_tokens() :], owed=owed, out=bytearray())
 
-    def _proposal(self, row: _Row) -> Proposal:
+    @property
+    def active_policy(self) -> ShowPolicy:
+        """What decides ``shown``: the model's calibrated policy, or the settings' threshold."""
+        if self.show_policy is not None and self.settings.use_model_policy:
+            return self.show_policy
+        return ShowPolicy(threshold=self.settings.show_threshold)
+
+    def _proposal(self, row: _Row, prefix: str) -> Proposal:
         text = _decode_utf8(bytes(row.out))
         confidence = math.exp(row.logprob / row.num_tokens) if row.num_tokens else 0.0
         confidence = min(max(confidence, 0.0), 1.0)
-        shown = confidence >= self.settings.show_threshold and text.strip() != ""
+        shown = self.active_policy.shows(prefix, text, confidence)
         return Proposal(text=text, confidence=confidence, shown=shown, num_tokens=row.num_tokens)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache):
@@ -458,6 +475,7 @@ def _load_hf_dir(uri: str, path: Path):
         raise ModelLoadError(f"cannot load model {uri!r}: tokenizer in {path}: {_reason(exc)}") from exc
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # missing weights are reported below, as an error
+    hf_logging.disable_progress_bar()  # a loading bar per model would drown the caller's own progress
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=torch.float32, local_files_only=True, output_loading_info=True

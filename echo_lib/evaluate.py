@@ -68,33 +68,28 @@ def would_accept(proposal: str, kept: str, shown: bool, params) -> bool:
     )
 
 
-def paired_bootstrap(
-    base: Sequence[tuple[float, float]],
-    new: Sequence[tuple[float, float]],
-    *,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Gain in a ratio metric (accepted / shown) between two models measured on the same sessions.
+GAINS = {  # reported gain -> (numerator, denominator) per session
+    "acceptance": ("accepted", "shown"),  # the paper's number: acceptance among shown
+    "retained": ("retained_chars", "requests"),  # what users got: accepted characters still standing
+    "shown_rate": ("shown", "requests"),  # how often a proposal appears at all
+}
 
-    ``base[i]`` and ``new[i]`` are (numerator, denominator) of session ``i``; sessions are resampled
-    jointly, so the CI is of the paired difference.
-    """
-    import numpy as np
 
-    if len(base) != len(new) or not base:
-        raise ValueError("paired bootstrap needs the same, non-empty list of sessions for both models")
-    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+def paired_gains(base: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Challenger minus champion on each ratio of :data:`GAINS`, with paired session-bootstrap CIs."""
+    from echo_lib.stats import bootstrap_ratio
 
-    def rate(x, axis=0):
-        num, den = x[..., 0].sum(axis=axis), x[..., 1].sum(axis=axis)
-        return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
-
-    observed = float(rate(n) - rate(b))
-    picks = np.random.default_rng(seed).integers(0, len(b), size=(resamples, len(b)))
-    diffs = rate(n[picks], axis=1) - rate(b[picks], axis=1)
-    low, high = (float(x) for x in np.percentile(diffs, [2.5, 97.5]))
-    return {"gain": observed, "ci_low": low, "ci_high": high, "sessions": len(b), "resamples": resamples}
+    if [s["session_id"] for s in base] != [s["session_id"] for s in new] or not base:
+        raise ValueError("a paired comparison needs the same, non-empty list of sessions for both models")
+    out = {}
+    for name, (num, den) in GAINS.items():
+        out[name] = bootstrap_ratio(
+            [s[num] for s in new],
+            [s[den] for s in new],
+            base_num=[s[num] for s in base],
+            base_den=[s[den] for s in base],
+        )
+    return out
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -209,7 +204,7 @@ def evaluate(
 ) -> dict[str, Any]:
     from echo_lib import registry
     from echo_lib.world.behaviour import BehaviourParams
-    from echo_lib.world.runner import load_engine, measure_acceptance
+    from echo_lib.world.runner import load_engine
 
     began = time.perf_counter()
     champion_mv = (
@@ -232,38 +227,58 @@ def evaluate(
     }
     samples = forgetting_samples(cfg, cfg.promotion.forgetting_samples)
     rows: list[dict[str, Any]] = []
-    per_session: dict[str, list[tuple[float, float]]] = {}
+    per_session: dict[str, list[dict[str, Any]]] = {}
     for role, mv in (("champion", champion_mv), ("challenger", challenger_mv)):
         engine = load_engine(cfg, f"models:/{name}/{mv.version}")
-        cache = _online_cache(cfg, mv, sessions, seed, engine)
-        if cache.is_file():
-            progress(f"{role} v{mv.version}: held-out world sessions measured before, reusing {cache.name}")
-            online = json.loads(cache.read_text())
-        else:
-            progress(f"{role} v{mv.version}: {sessions} held-out world sessions (seed {seed}) ...")
-            online = measure_acceptance(
-                cfg, engine=engine, sessions=sessions, seed=seed, log_to_mlflow=False, keep_results=True
-            )
-            online["refinements"] = heldout_refinements(online.pop("results"))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(online))
+        online = online_run(cfg, mv, engine, sessions=sessions, seed=seed, label=role, progress=progress)
         refinements = online.pop("refinements")
         if role == "champion":
             rows = _sample(refinements, cfg.promotion.offline_max_rows)
-        per_session[role] = [(s["accepted"], s["shown"]) for s in online.pop("per_session")]
+        per_session[role] = online.pop("per_session")
         progress(f"{role} v{mv.version}: offline on {len(rows)} held-out refinements, forgetting check ...")
         report[role] = {
             "online": online,
             "offline": offline_metrics(engine, rows, params),
             "forgetting": forgetting_metrics(engine, samples),
         }
-    report["acceptance_gain"] = paired_bootstrap(per_session["champion"], per_session["challenger"])
+    report["gains"] = paired_gains(per_session["champion"], per_session["challenger"])
     report["seconds"] = time.perf_counter() - began
     _log_evaluation(cfg, challenger_mv, report)
     return report
 
 
-def _online_cache(cfg: EchoConfig, mv, sessions: int, seed: int, engine) -> Path:
+def online_run(
+    cfg: EchoConfig,
+    mv,
+    engine,
+    *,
+    sessions: int,
+    seed: int,
+    split: str = "heldout",
+    label: str = "",
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """A registered version's world run on ``sessions`` sessions of ``split``: measured once, then
+    read from the cache (the world is deterministic given the model, sessions, seed and settings).
+    Carries ``per_session`` counts and the shown proposals as ``refinements``."""
+    from echo_lib.world.runner import measure_acceptance
+
+    who = f"{label} v{mv.version}".strip()
+    cache = _online_cache(cfg, mv, sessions, seed, engine, split)
+    if cache.is_file():
+        progress(f"{who}: {split} world sessions measured before, reusing {cache.name}")
+        return json.loads(cache.read_text())
+    progress(f"{who}: {sessions} {split} world sessions (seed {seed}) ...")
+    online = measure_acceptance(
+        cfg, engine=engine, split=split, sessions=sessions, seed=seed, log_to_mlflow=False, keep_results=True
+    )
+    online["refinements"] = heldout_refinements(online.pop("results"))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(online))
+    return online
+
+
+def _online_cache(cfg: EchoConfig, mv, sessions: int, seed: int, engine, split: str = "heldout") -> Path:
     """Where a model's held-out world run is kept: the world is deterministic given the model's
     files, the sessions, the seed, the behaviour and the engine settings, so it is measured once."""
     import dataclasses
@@ -281,12 +296,14 @@ def _online_cache(cfg: EchoConfig, mv, sessions: int, seed: int, engine) -> Path
             dataclasses.asdict(BehaviourParams()),
             dataclasses.asdict(engine.settings),
             cfg.corpus.model_dump(),
+            split,
         ],
         sort_keys=True,
         default=str,
     )
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return cfg.var_path / "cache" / "acceptance" / f"v{mv.version}-{sessions}x{seed}-{digest}.json"
+    where = "" if split == "heldout" else f"{split}-"
+    return cfg.var_path / "cache" / "acceptance" / f"v{mv.version}-{where}{sessions}x{seed}-{digest}.json"
 
 
 def _sample(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -323,18 +340,19 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
         out[f"{role}.acceptance_rate"] = r["online"]["acceptance_rate"]
         out[f"{role}.acceptance_ci_low"] = r["online"]["ci_low"]
         out[f"{role}.acceptance_ci_high"] = r["online"]["ci_high"]
+        out[f"{role}.retained_per_request"] = r["online"]["retained_per_request"]
+        out[f"{role}.retained_ci_low"] = r["online"]["retained_ci_low"]
+        out[f"{role}.retained_ci_high"] = r["online"]["retained_ci_high"]
+        out[f"{role}.shown_rate"] = r["online"]["shown"] / max(r["online"]["requests"], 1)
         for k, v in r["offline"].get("all", {}).items():
             out[f"{role}.offline.{k}"] = v
         for k, v in r["forgetting"].items():
             out[f"{role}.forgetting.{k}"] = v
-    gain = report["acceptance_gain"]
-    out.update(
-        {
-            "acceptance_gain": gain["gain"],
-            "acceptance_gain_ci_low": gain["ci_low"],
-            "acceptance_gain_ci_high": gain["ci_high"],
-        }
-    )
+    for name, gain in report["gains"].items():
+        out[f"{name}_gain"] = gain["value"]
+        out[f"{name}_gain_ci_low"] = gain["ci_low"]
+        out[f"{name}_gain_ci_high"] = gain["ci_high"]
+        out[f"{name}_gain_relative"] = gain["relative"]
     return out
 
 
@@ -363,7 +381,7 @@ def _log_evaluation(cfg: EchoConfig, mv, report: dict[str, Any]) -> None:
 
 
 def render_report(report: dict[str, Any]) -> str:
-    c, n, gain = report["champion"], report["challenger"], report["acceptance_gain"]
+    c, n, gains = report["champion"], report["challenger"], report["gains"]
     lines = [
         f"# Evaluation: v{report['challenger_version']} (challenger) vs v{report['champion_version']} (champion)",
         "",
@@ -374,8 +392,13 @@ def render_report(report: dict[str, Any]) -> str:
         f"| held-out acceptance | {c['online']['acceptance_rate']:.2%} [{c['online']['ci_low']:.2%}, "
         f"{c['online']['ci_high']:.2%}] | {n['online']['acceptance_rate']:.2%} [{n['online']['ci_low']:.2%}, "
         f"{n['online']['ci_high']:.2%}] |",
-        f"| shown / accepted | {c['online']['shown']} / {c['online']['accepted']} | "
-        f"{n['online']['shown']} / {n['online']['accepted']} |",
+        f"| retained characters per request | {c['online']['retained_per_request']:.3f} "
+        f"[{c['online']['retained_ci_low']:.3f}, {c['online']['retained_ci_high']:.3f}] | "
+        f"{n['online']['retained_per_request']:.3f} [{n['online']['retained_ci_low']:.3f}, "
+        f"{n['online']['retained_ci_high']:.3f}] |",
+        f"| requests / shown / accepted / retained chars | {c['online']['requests']} / {c['online']['shown']} / "
+        f"{c['online']['accepted']} / {c['online']['accepted_retained_chars']} | {n['online']['requests']} / "
+        f"{n['online']['shown']} / {n['online']['accepted']} / {n['online']['accepted_retained_chars']} |",
     ]
     for key in ("exact_match", "edit_similarity", "chrf", "acceptance_proxy"):
         lines.append(
@@ -383,10 +406,16 @@ def render_report(report: dict[str, Any]) -> str:
         )
     for key in ("exact_match", "edit_similarity"):
         lines.append(f"| forgetting {key} | {c['forgetting'][key]:.3f} | {n['forgetting'][key]:.3f} |")
+    a, r, v = gains["acceptance"], gains["retained"], gains["shown_rate"]
     lines += [
         "",
-        f"Acceptance gain (challenger - champion): {gain['gain']:+.2%}, paired bootstrap 95% CI "
-        f"[{gain['ci_low']:+.2%}, {gain['ci_high']:+.2%}] over {gain['sessions']} sessions.",
+        f"Challenger - champion, paired bootstrap 95% CI over the same {a['sessions']} sessions:",
+        "",
+        f"- acceptance among shown: {a['value']:+.2%} [{a['ci_low']:+.2%}, {a['ci_high']:+.2%}] "
+        f"({a['relative']:+.1%} relative)",
+        f"- retained characters per request: {r['value']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
+        f"({r['relative']:+.1%} relative)",
+        f"- shown rate: {v['value']:+.2%} [{v['ci_low']:+.2%}, {v['ci_high']:+.2%}]",
         "",
         "## Offline, per outcome class of the champion's traffic",
         "",
@@ -408,16 +437,142 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for i, role in enumerate(("champion", "challenger")):
-        o = report[role]["online"]
-        rate = o["acceptance_rate"]
-        ax.errorbar([i], [rate], yerr=[[rate - o["ci_low"]], [o["ci_high"] - rate]], fmt="o", capsize=6)
-    ax.set_xticks(
-        [0, 1], [f"champion v{report['champion_version']}", f"challenger v{report['challenger_version']}"]
-    )
-    ax.set_ylabel("held-out acceptance (95% CI)")
-    ax.set_xlim(-0.5, 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    labels = [f"champion v{report['champion_version']}", f"challenger v{report['challenger_version']}"]
+    for ax, (key, low, high, title) in zip(
+        axes,
+        (
+            ("acceptance_rate", "ci_low", "ci_high", "acceptance among shown"),
+            ("retained_per_request", "retained_ci_low", "retained_ci_high", "retained chars per request"),
+        ),
+        strict=True,
+    ):
+        for i, role in enumerate(("champion", "challenger")):
+            o = report[role]["online"]
+            value = o[key]
+            ax.errorbar([i], [value], yerr=[[value - o[low]], [o[high] - value]], fmt="o", capsize=6)
+        ax.set_xticks([0, 1], labels)
+        ax.set_title(f"held-out {title} (95% CI)", fontsize=9)
+        ax.set_xlim(-0.5, 1.5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ---- several versions side by side -----------------------------------------------------------
+
+
+def validation_loss(engine, records: list[dict[str, Any]]) -> float | None:
+    """Mean loss per target token on gold's validation rows (SFT rows built as training builds
+    them: the engine's prompt, then the kept code). None without rows."""
+    import torch
+
+    from echo_lib.learn import sft_ids
+
+    total = count = 0.0
+    with torch.inference_mode():
+        for record in records:
+            row = sft_ids(
+                engine.tokenizer, record["prompt"], record["completion"], engine.context_length or 1 << 30
+            )
+            if row is None:
+                continue
+            ids = torch.tensor([row["input_ids"]])
+            labels = ids.clone()
+            labels[0, torch.tensor(row["completion_mask"]) == 0] = -100
+            n = int((labels != -100).sum())  # every target token is predicted (the prompt comes first)
+            out = engine.model(input_ids=ids, labels=labels)
+            total += float(out.loss) * n
+            count += n
+    return total / count if count else None
+
+
+def compare(
+    cfg: EchoConfig,
+    versions: Sequence[str],
+    *,
+    base: str,
+    sessions: int | None = None,
+    seed: int | None = None,
+    split: str = "heldout",
+    forgetting: bool = True,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every version in ``versions`` against ``base`` on the same world sessions of ``split``: what
+    users saw and got (acceptance among shown, retained characters per request, shown rate), each
+    gain with a paired session-bootstrap CI, and (optionally) the forgetting check."""
+    from echo_lib.world.runner import load_engine
+
+    name = cfg.mlflow.registered_model
+    sessions = sessions or cfg.world.acceptance_sessions
+    seed = cfg.world.acceptance_seed if seed is None else seed
+    samples = forgetting_samples(cfg, cfg.promotion.forgetting_samples) if forgetting else []
+    validation = _validation_records(cfg)
+    rows: list[dict[str, Any]] = []
+    base_sessions: list[dict[str, Any]] = []
+    for number in [base, *[v for v in versions if str(v) != str(base)]]:
+        mv = resolve_version(cfg, number)
+        engine = load_engine(cfg, f"models:/{name}/{mv.version}")
+        online = online_run(cfg, mv, engine, sessions=sessions, seed=seed, split=split, progress=progress)
+        online.pop("refinements", None)
+        per_session = online.pop("per_session")
+        row = {
+            "version": str(mv.version),
+            "description": (mv.description or "").split(";")[0][:120],
+            "show_policy": mv.tags.get(
+                "echo.show_policy", f"confidence, threshold {cfg.engine.show_threshold:.3f}"
+            ),
+            "online": online,
+        }
+        if not base_sessions:
+            base_sessions = per_session
+        else:
+            row["gains"] = paired_gains(base_sessions, per_session)
+        if samples:
+            progress(f"v{mv.version}: forgetting check on {len(samples)} lines of reserved public code ...")
+            row["forgetting"] = forgetting_metrics(engine, samples)
+        if validation:
+            row["validation_loss"] = validation_loss(engine, validation)
+        rows.append(row)
+    return {"base": str(rows[0]["version"]), "split": split, "sessions": sessions, "seed": seed, "rows": rows}
+
+
+def _validation_records(cfg: EchoConfig, limit: int = 300) -> list[dict[str, Any]]:
+    """Gold's validation rows (sessions never trained on) of every gold date, a fixed sample."""
+    from echo_lib.learn import gold_dates, read_gold
+
+    dates = gold_dates(cfg.lake_uri)
+    if not dates:
+        return []
+    frame = read_gold(cfg.lake_uri, "sft", dates, split="validation")
+    return _sample(frame.to_dict("records"), limit)
+
+
+def render_comparison(result: dict[str, Any]) -> str:
+    """A markdown table of :func:`compare` (the numbers docs/results.md quotes)."""
+    base = result["base"]
+    lines = [
+        f"{result['sessions']} {result['split']} world sessions, seed {result['seed']}, the same sessions for "
+        f"every model; gains are paired against v{base} (session bootstrap, 95% CI).",
+        "",
+        "| version | what | show policy | requests | shown | accepted | acceptance among shown | "
+        f"gain vs v{base} | retained chars / request | gain vs v{base} (relative) | shown rate | "
+        "forgetting: similarity | gold validation loss |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["rows"]:
+        o, g = row["online"], row.get("gains")
+        acc_gain = ret_gain = "-"
+        if g:
+            a, r = g["acceptance"], g["retained"]
+            acc_gain = f"{a['value']:+.2%} [{a['ci_low']:+.2%}, {a['ci_high']:+.2%}]"
+            ret_gain = f"{r['value']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] ({r['relative']:+.1%})"
+        forgetting = f"{row['forgetting']['edit_similarity']:.3f}" if row.get("forgetting") else "-"
+        loss = f"{row['validation_loss']:.3f}" if row.get("validation_loss") is not None else "-"
+        lines.append(
+            f"| v{row['version']} | {row['description']} | {row['show_policy']} | {o['requests']:,} | "
+            f"{o['shown']:,} | {o['accepted']:,} | {o['acceptance_rate']:.2%} [{o['ci_low']:.2%}, "
+            f"{o['ci_high']:.2%}] | {acc_gain} | {o['retained_per_request']:.3f} | {ret_gain} | "
+            f"{o['shown'] / max(o['requests'], 1):.1%} | {forgetting} | {loss} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -43,10 +43,11 @@ def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
     needed = (
         "acceptance_gain",
         "acceptance_gain_ci_low",
+        "retained_gain_relative",
         "champion.offline.edit_similarity",
         "challenger.offline.edit_similarity",
-        "champion.forgetting.exact_match",
-        "challenger.forgetting.exact_match",
+        "champion.forgetting.edit_similarity",
+        "challenger.forgetting.edit_similarity",
     )
     missing = [k for k in needed if k not in metrics]
     if missing:
@@ -64,9 +65,24 @@ def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
         else:
             ok = False
             reasons.append(f"95% CI lower bound {low:+.2%} is not above 0")
+    retained = metrics["retained_gain_relative"]
+    if retained >= -rules.max_retained_regression:
+        reasons.append(
+            f"retained characters per request {retained:+.1%} (not below -{rules.max_retained_regression:.0%})"
+        )
+    else:
+        ok = False
+        reasons.append(
+            f"retained characters per request fell {retained:+.1%} (below -{rules.max_retained_regression:.0%}): "
+            "users would get less"
+        )
     for label, key, limit in (
         ("edit similarity", "offline.edit_similarity", rules.max_similarity_regression),
-        ("forgetting exact match", "forgetting.exact_match", rules.max_forgetting_regression),
+        (
+            "forgetting (reserved public code) edit similarity",
+            "forgetting.edit_similarity",
+            rules.max_forgetting_regression,
+        ),
     ):
         drop = metrics[f"champion.{key}"] - metrics[f"challenger.{key}"]
         if drop > limit:

@@ -49,6 +49,12 @@ COMPLETION_FIELDS = {"sft": ("completion",), "dpo": ("chosen", "rejected"), "kto
 
 
 CONTROL = "control"  # alias of the newest equal-compute control model
+# baselines at equal compute: data -> (alias, team split or None); never promoted
+BASELINES = {
+    "public": (CONTROL, None),  # public code only: "it is just more training"
+    "team-experience": ("repo", "experience"),  # fine-tune on the team's own files (what teams do instead)
+    "team-heldout": ("instrument", "heldout"),  # the held-out files themselves: can evaluation see learning?
+}
 
 
 class TrainError(RuntimeError):
@@ -67,7 +73,8 @@ class TrainPlan:
     parent_dir: str
     preset: str
     stages: list[dict[str, Any]] = field(default_factory=list)
-    control: bool = False  # equal-compute control: public code in place of the gold rows  # name, job path, output dir, rows
+    control: bool = False  # a baseline at equal compute (see BASELINES), never promoted
+    baseline: str | None = None  # which one
 
     def save(self) -> None:
         Path(self.work, "plan.json").write_text(json.dumps(asdict(self), indent=2))
@@ -140,8 +147,8 @@ def read_manifest(lake: str, dt: str) -> dict[str, Any]:
         return json.loads(stream.read())
 
 
-def read_gold(lake: str, table: str, dates: list[str]) -> pd.DataFrame:
-    """Train-split rows of ``gold/<table>`` for ``dates``; a request in several builds counts once
+def read_gold(lake: str, table: str, dates: list[str], split: str = "train") -> pd.DataFrame:
+    """``split`` rows of ``gold/<table>`` for ``dates``; a request in several builds counts once
     (the newest build wins). Missing partitions or columns raise :class:`TrainError`."""
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
@@ -163,7 +170,7 @@ def read_gold(lake: str, table: str, dates: list[str]) -> pd.DataFrame:
     import pandas as pd
 
     rows = pd.concat(frames, ignore_index=True)
-    rows = rows[rows["split"] == "train"]
+    rows = rows[rows["split"] == split]
     rows = rows.sort_values(["dt", "request_id"]).drop_duplicates("request_id", keep="last")
     return rows.drop(columns=["split"]).reset_index(drop=True)
 
@@ -279,6 +286,59 @@ def replay_count(gold_rows: int, share: float) -> int:
     return round(gold_rows * share / (1 - share)) if share > 0 else 0
 
 
+def replay_blocks(
+    texts: list[str], count: int, tokenizer, block_len: int, seed: int, *, source: str = "replay"
+) -> list[dict[str, Any]]:
+    """``count`` full-loss blocks of random stretches of ``texts`` (as in pretraining): replay of
+    public code measured in loss tokens, or a team's own files for the baselines."""
+    rng = random.Random(seed)
+    docs = [t for t in texts if len(t) > 200]
+    rows: list[dict[str, Any]] = []
+    attempts = 0
+    while docs and len(rows) < count and attempts < count * 20:
+        attempts += 1
+        text = rng.choice(docs)
+        start = rng.randrange(0, max(1, len(text) - block_len * 4))
+        start = text.find("\n", start) + 1 if start else 0  # begin at a line start, as code does
+        ids = tokenizer(text[start : start + block_len * 6], add_special_tokens=False)["input_ids"][
+            :block_len
+        ]
+        if len(ids) >= block_len // 2:
+            rows.append(_full_loss_row(ids, source))
+    return rows
+
+
+def context_blocks(records: list[dict[str, Any]], tokenizer, block_len: int) -> list[dict[str, Any]]:
+    """Full-loss blocks of the code around the refinements: each prompt followed by the code the
+    user kept there, once per stretch of code (consecutive requests in one file share almost all
+    of their prompt, so a text whose last lines were all seen in a longer one is skipped)."""
+    texts = sorted(
+        (r["prompt"] + r["completion"].rstrip("\n") + "\n" for r in records), key=len, reverse=True
+    )
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for text in texts:
+        lines = [line for line in text.splitlines() if line.strip()]
+        tail = lines[-20:]
+        if tail and sum(line in seen for line in tail) >= 0.8 * len(tail):
+            continue
+        seen.update(lines)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for end in range(len(ids), 0, -block_len):  # newest code first; the start may be cut
+            block = ids[max(0, end - block_len) : end]
+            if len(block) >= block_len // 4:
+                rows.append(_full_loss_row(block, "context"))
+    return rows
+
+
+def _full_loss_row(ids: list[int], source: str) -> dict[str, Any]:
+    return {"input_ids": list(ids), "completion_mask": [1] * len(ids), "source": source, "request_id": None}
+
+
+def loss_tokens(rows: list[dict[str, Any]]) -> int:
+    return sum(sum(r["completion_mask"]) for r in rows if "completion_mask" in r)
+
+
 def default_steps(rows: int, per_step: int, cap: int) -> int:
     """About two passes over the rows, at least one step, at most ``cap``."""
     return max(1, min(cap, math.ceil(2 * rows / per_step)))
@@ -301,6 +361,7 @@ def train(
     max_steps: int | None = None,
     resume: bool = False,
     control: bool = False,
+    baseline: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
     """Refine @champion on gold and register @challenger. With ``control``, train the same steps on
@@ -319,7 +380,11 @@ def train(
         progress(f"resuming training run {plan.run_id} ({plan.objective}, gold {', '.join(plan.dates)})")
         client.update_run(plan.run_id, status="RUNNING")
     else:
-        plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress, control)
+        if control:
+            baseline = baseline or "public"
+        if baseline is not None and baseline not in BASELINES:
+            raise TrainError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+        plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress, baseline)
     try:
         init = plan.parent_dir
         for stage in plan.stages:
@@ -338,7 +403,12 @@ def train(
             )
             launch(cfg, job_path, Path(stage["log"]), num_procs=procs)
             init = stage["output_dir"]
-        version = _register(cfg, client, plan, init)
+        policy = None
+        if cfg.calibration.enabled:
+            from echo_lib.calibrate import calibrate
+
+            policy = calibrate(cfg, Path(init), plan.parent_version, progress)
+        version = _register(cfg, client, plan, init, policy)
     except TrainingFailed as exc:
         client.set_terminated(plan.run_id, "FAILED")
         client.set_tag(plan.run_id, "echo.error", str(exc)[:500])
@@ -377,7 +447,7 @@ def _plan(
     procs: int,
     max_steps: int | None,
     progress: Callable[[str], None],
-    control: bool = False,
+    baseline: str | None = None,
 ) -> TrainPlan:
     """Validate the data, fetch the champion, shape the rows and open the MLflow run."""
     import pandas as pd
@@ -390,10 +460,13 @@ def _plan(
 
     if objective not in STAGES:
         raise TrainError(f"unknown objective {objective!r}; choose one of {', '.join(STAGES)}")
+    control = baseline is not None
     if control and "dpo" in STAGES[objective]:
         raise TrainError(
             "an equal-compute control exists for sft and kto (public code has no preference pairs)"
         )
+    if baseline not in (None, "public") and objective != "sft":
+        raise TrainError(f"the {baseline} baseline trains sft only (code has no outcome labels)")
     lake, learn = cfg.lake_uri, cfg.learn
     dates = select_window(gold_dates(lake), start, end, learn.window_days)
     gold = {s: read_gold(lake, GOLD_TABLE[s], dates) for s in STAGES[objective]}
@@ -424,12 +497,13 @@ def _plan(
 
     run = client.create_run(
         configure_mlflow(cfg),
-        run_name=f"{'control' if control else 'train'}-{objective}-{dates[-1]}",
+        run_name=f"{BASELINES[baseline][0] if baseline else 'train'}-{objective}-{dates[-1]}",
         tags={
             "echo.stage": "train",
             "echo.objective": objective,
             "echo.parent_version": str(champion.version),
             "echo.control": str(control).lower(),
+            "echo.baseline": baseline or "none",
         },
     )
     work = cfg.var_path / "work" / "train" / run.info.run_id
@@ -443,26 +517,54 @@ def _plan(
         parent_dir=str(parent_dir),
         preset=preset.name,
         control=control,
+        baseline=baseline,
     )
     try:
         for i, stage in enumerate(STAGES[objective]):
-            rows, dropped = shape_rows(stage, gold[stage].to_dict("records"), tokenizer, context)
-            n_replay = replay_count(len(rows), learn.replay_share) if stage != "dpo" else 0
-            replay, _ = shape_rows(
-                stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context
-            )
-            rows += replay
-            if control:  # same count and shape, public code only
-                rows, _ = shape_rows(
-                    stage, replay_records(public_texts, len(rows), learn.seed + 100 + i), tokenizer, context
+            records = gold[stage].to_dict("records")
+            rows, dropped = shape_rows(stage, records, tokenizer, context)
+            if stage == "sft":
+                # loss tokens, not rows: the code around each refinement, then public-code replay
+                extra = context_blocks(records, tokenizer, context) if learn.context_loss else []
+                replay_tokens = replay_count(loss_tokens(rows) + loss_tokens(extra), learn.replay_share)
+                replay = replay_blocks(
+                    public_texts, math.ceil(replay_tokens / context), tokenizer, context, learn.seed + i
                 )
+                planned_rows = len(rows) + len(extra) + len(replay)
+                if baseline == "public":  # the same rows and tokens, all public code
+                    rows, _ = shape_rows(
+                        stage, replay_records(public_texts, len(rows), learn.seed + 100), tokenizer, context
+                    )
+                    extra = replay_blocks(public_texts, len(extra), tokenizer, context, learn.seed + 101)
+                elif baseline:  # the team's files themselves, as many loss tokens as gold and context
+                    split = BASELINES[baseline][1]
+                    team = [f.text for f in corpus.scan(corpus.team_repos(cfg), cfg).select(split)]
+                    count = math.ceil((loss_tokens(rows) + loss_tokens(extra)) / context)
+                    rows = replay_blocks(team, count, tokenizer, context, learn.seed + 102, source=baseline)
+                    extra = []
+                rows += extra + replay
+            else:
+                n_replay = replay_count(len(rows), learn.replay_share) if stage != "dpo" else 0
+                replay, _ = shape_rows(
+                    stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context
+                )
+                rows += replay
+                if baseline:  # same count and shape, public code only
+                    rows, _ = shape_rows(
+                        stage,
+                        replay_records(public_texts, len(rows), learn.seed + 100 + i),
+                        tokenizer,
+                        context,
+                    )
+                planned_rows = len(rows)
             if not rows:
                 raise TrainError(f"stage {stage}: every gold row was dropped ({dropped})")
             data_path = work / f"{stage}.parquet"
             frame = pd.DataFrame(rows)
             frame.to_parquet(data_path, index=False)
             per_step = preset.micro_batch_size * preset.grad_accum * world
-            steps = max_steps or learn.max_steps or default_steps(len(rows), per_step, learn.max_steps_cap)
+            # every arm trains the steps the gold arm would: equal compute
+            steps = max_steps or learn.max_steps or default_steps(planned_rows, per_step, learn.max_steps_cap)
             job = TrainJob(
                 data_path=str(data_path),
                 tokenizer_path=str(parent_dir),
@@ -476,6 +578,7 @@ def _plan(
                 grad_accum=preset.grad_accum,
                 learning_rate=learn.learning_rate,
                 warmup_steps=min(preset.warmup_steps, steps // 10),
+                weight_decay=learn.weight_decay,
                 beta=learn.beta,
                 seed=learn.seed,
                 zero_stage=cfg.train.zero_stage,
@@ -499,6 +602,8 @@ def _plan(
                     "log": str(work / f"train-{stage}.log"),
                     "rows": len(frame),
                     "replay_rows": int((frame["source"] == "replay").sum()),
+                    "context_rows": int((frame["source"] == "context").sum()),
+                    "loss_tokens": loss_tokens(rows) if stage == "sft" else None,
                     "dropped": dropped,
                     "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
                 }
@@ -577,12 +682,19 @@ def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
         "seconds",
         "resumed",
     )
-    return {"name": stage["name"], "replay_rows": stage["replay_rows"], **{k: report.get(k) for k in keep}}
+    return {
+        "name": stage["name"],
+        "replay_rows": stage["replay_rows"],
+        "context_rows": stage.get("context_rows", 0),
+        "loss_tokens_per_epoch": stage.get("loss_tokens"),
+        **{k: report.get(k) for k in keep},
+    }
 
 
-def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str):
+def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=None):
     from echo_lib import registry
     from echo_lib.bootstrap import _metrics
+    from echo_lib.calibrate import policy_tags
 
     summaries = [_stage_summary(s) for s in plan.stages]
     metrics: dict[str, float | None] = {}
@@ -591,6 +703,13 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str):
         metrics.update(
             {f"{prefix}summary.{k}": s[k] for k in ("final_loss", "tokens", "tokens_per_s", "seconds")}
         )
+    if policy is not None and policy.calibration:
+        c = policy.calibration
+        for side in ("reference", "chosen"):
+            metrics.update({f"calibration.{side}.{k}": v for k, v in c[side].items()})
+        metrics["calibration.objective"] = c["objective_min_relative_gain"]
+        metrics["calibration.auc_confidence"] = c["auc_confidence"]
+        metrics["calibration.auc_policy"] = c["auc_policy"]
     client.log_batch(plan.run_id, metrics=_metrics(metrics))
     client.log_artifacts(plan.run_id, model_dir, registry.MODEL_ARTIFACT_PATH)
     for stage in plan.stages:
@@ -608,15 +727,18 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str):
             "echo.gold_dates": ",".join(plan.dates),
             "echo.train_rows": str(rows),
             "echo.control": str(plan.control).lower(),
+            "echo.baseline": plan.baseline or "none",
+            **(policy_tags(policy) if policy is not None else {}),
         },
         description=(
-            f"equal-compute control: {plan.objective} from v{plan.parent_version} on {rows:,} rows of public "
-            f"code (as many as gold {plan.dates[0]}..{plan.dates[-1]} gave); never promoted."
+            f"equal-compute baseline ({plan.baseline or 'public'}): {plan.objective} from v{plan.parent_version} "
+            f"on {rows:,} rows of {'public' if plan.baseline in (None, 'public') else 'team'} code, the compute "
+            f"gold {plan.dates[0]}..{plan.dates[-1]} gave; never promoted."
             if plan.control
             else f"{plan.objective} from v{plan.parent_version} on gold {plan.dates[0]}..{plan.dates[-1]} "
             f"({rows:,} rows incl. replay); challenger until `echoctl promote`."
         ),
-        alias=CONTROL if plan.control else registry.CHALLENGER,
+        alias=BASELINES[plan.baseline or "public"][0] if plan.control else registry.CHALLENGER,
     )
     client.set_terminated(plan.run_id, "FINISHED")
     return version

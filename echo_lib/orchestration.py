@@ -111,6 +111,7 @@ def simulate(ds: str) -> dict[str, Any]:
         "shown",
         "accepted",
         "acceptance_rate",
+        "retained_per_request",
         "events",
         "lines",
         "model_version",
@@ -134,16 +135,20 @@ def evaluate(challenger: str) -> dict[str, Any]:
     from echo_lib.evaluate import summary_metrics
 
     report = run_evaluate(_config(), challenger=challenger)
+    online = (
+        "acceptance_rate",
+        "ci_low",
+        "ci_high",
+        "retained_per_request",
+        "retained_ci_low",
+        "retained_ci_high",
+    )
     return {
         "champion_version": report["champion_version"],
         "challenger_version": report["challenger_version"],
         "metrics": summary_metrics(report),
-        "champion_online": {
-            k: report["champion"]["online"][k] for k in ("acceptance_rate", "ci_low", "ci_high")
-        },
-        "challenger_online": {
-            k: report["challenger"]["online"][k] for k in ("acceptance_rate", "ci_low", "ci_high")
-        },
+        "champion_online": {k: report["champion"]["online"][k] for k in online},
+        "challenger_online": {k: report["challenger"]["online"][k] for k in online},
     }
 
 

@@ -31,6 +31,8 @@ def echoctl_env(var: Path, **extra: str) -> dict[str, str]:
     """Environment for an ``echoctl`` subprocess writing into ``var``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_")}
     env.update({"ECHO_HOME": str(REPO), "ECHO_VAR_DIR": str(var), "SPARK_LOCAL_IP": "127.0.0.1", **extra})
+    # a trained tiny model is calibrated on a few canary sessions, not the default 200
+    env.setdefault("ECHO_CALIBRATION__SESSIONS", "6")
     # DeepSpeed ops compile once per checkout, not once per test
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / "var" / "cache" / "torch_extensions"))
     return env

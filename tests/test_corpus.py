@@ -64,9 +64,12 @@ def test_team_splits_are_disjoint_stable_and_cover_every_repo(tmp_path: Path) ->
     for repo in ("alpha", "beta"):
         held = {f.rel_path for f in first.select("heldout", repo=repo)}
         seen = {f.rel_path for f in first.select("experience", repo=repo)}
-        assert held and seen and not held & seen
-        assert len(held | seen) == 200
+        calibration = {f.rel_path for f in first.select("calibration", repo=repo)}
+        assert held and seen and calibration
+        assert not held & seen and not held & calibration and not seen & calibration
+        assert len(held | seen | calibration) == 200
         assert 0.1 < len(held) / 200 < 0.3  # heldout_percent = 20
+        assert 0.03 < len(calibration) / 200 < 0.17  # calibration_percent = 10
     # same relative paths, different repos: each repo decides by its own hash
     assert {f.rel_path for f in first.select("heldout", repo="alpha")} != {
         f.rel_path for f in first.select("heldout", repo="beta")
@@ -75,7 +78,7 @@ def test_team_splits_are_disjoint_stable_and_cover_every_repo(tmp_path: Path) ->
 
 def test_a_small_repo_still_gets_one_heldout_file(tmp_path: Path) -> None:
     # find two paths that both hash into 'experience'
-    names = [f"m{i}.py" for i in range(50) if corpus.path_bucket("tiny", f"m{i}.py") >= 20][:2]
+    names = [f"m{i}.py" for i in range(50) if corpus.path_bucket("tiny", f"m{i}.py") >= 30][:2]
     repo = make_repo(tmp_path / "tiny", {n: b"x = 1\n" for n in names})
     cfg = load_config().config
     scan = corpus.scan(corpus.team_repos(cfg, [str(repo)]), cfg)

@@ -383,3 +383,28 @@ def test_unreachable_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     message = str(err.value)
     assert "\n" not in message and "127.0.0.1:9" in message
     assert "not found" not in message  # an unreachable store is not reported as a missing model
+
+
+def test_a_models_show_policy_travels_with_it_and_decides_shown(
+    engine: CompletionEngine, model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from echo_lib.show_policy import ShowPolicy
+
+    copy = tmp_path / "with-policy"
+    shutil.copytree(model_dir, copy)
+    base = engine.complete(PREFIXES)
+    threshold = sorted(p.confidence for p in base)[len(base) // 2]
+    ShowPolicy(threshold=threshold).save(copy)
+    loaded = CompletionEngine.load(str(copy), EngineSettings(show_threshold=0.0))
+    gated = loaded.complete(PREFIXES)
+    assert [p.text for p in gated] == [
+        p.text for p in base
+    ]  # the policy changes what is shown, never what is proposed
+    for p in gated:
+        assert p.shown == (p.confidence >= threshold and p.text.strip() != "")
+    assert any(p.shown for p in gated) and not all(p.shown for p in gated)
+    # a config that asks for the plain threshold overrides the model's policy
+    plain = CompletionEngine.load(str(copy), EngineSettings(show_threshold=0.0, use_model_policy=False))
+    assert all(p.shown for p in plain.complete(PREFIXES) if p.text.strip())

@@ -9,20 +9,23 @@ from pathlib import Path
 import pytest
 
 from echo_lib.config import PromotionSettings, load_config
-from echo_lib.evaluate import chrf, paired_bootstrap, summary_metrics
+from echo_lib.evaluate import chrf, paired_gains, summary_metrics
 from echo_lib.gate import decide
 from tests.conftest import run_echoctl
 
 
-def _metrics(gain=0.02, ci_low=0.005, sim=(0.40, 0.41), forget=(0.10, 0.10)) -> dict[str, float]:
+def _metrics(
+    gain=0.02, ci_low=0.005, sim=(0.40, 0.41), forget=(0.30, 0.30), retained=0.05
+) -> dict[str, float]:
     return {
         "acceptance_gain": gain,
         "acceptance_gain_ci_low": ci_low,
         "acceptance_gain_ci_high": gain + 0.01,
+        "retained_gain_relative": retained,
         "champion.offline.edit_similarity": sim[0],
         "challenger.offline.edit_similarity": sim[1],
-        "champion.forgetting.exact_match": forget[0],
-        "challenger.forgetting.exact_match": forget[1],
+        "champion.forgetting.edit_similarity": forget[0],
+        "challenger.forgetting.edit_similarity": forget[1],
     }
 
 
@@ -43,8 +46,12 @@ def test_gate_fails_when_the_ci_touches_zero() -> None:
 
 
 def test_gate_fails_on_a_regression_despite_a_gain() -> None:
-    forgot = decide(_metrics(forget=(0.10, 0.05)), PromotionSettings())
-    assert not forgot.passed and any("forgetting exact match regressed by 0.050" in r for r in forgot.reasons)
+    forgot = decide(_metrics(forget=(0.30, 0.25)), PromotionSettings())
+    assert not forgot.passed and any("edit similarity regressed by 0.050" in r for r in forgot.reasons)
+    # winning the ratio by giving users less is not a win
+    less = decide(_metrics(retained=-0.03), PromotionSettings())
+    assert not less.passed and any("users would get less" in r for r in less.reasons)
+    assert decide(_metrics(retained=-0.03), PromotionSettings(max_retained_regression=0.05)).passed
     worse = decide(_metrics(sim=(0.40, 0.30)), PromotionSettings())
     assert not worse.passed and any("edit similarity regressed by 0.100" in r for r in worse.reasons)
     assert not decide(_metrics(gain=0.0, ci_low=0.0), PromotionSettings()).passed
@@ -55,18 +62,38 @@ def test_gate_fails_an_unevaluated_version() -> None:
     assert not verdict.passed and "not evaluated" in verdict.reasons[0]
 
 
-def test_paired_bootstrap_on_known_cases() -> None:
-    base = [(1, 10), (2, 10), (0, 5), (3, 12)]
-    same_gain = [(a + 1, s) for a, s in [(1, 10), (2, 10), (0, 5), (3, 12)]]
-    exact = paired_bootstrap(base, base)
-    assert exact == {**exact, "gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "sessions": 4}
-    # every session gains one acceptance: the gain is 4/37 overall and always positive when resampled
-    shifted = paired_bootstrap(base, same_gain)
-    assert shifted["gain"] == pytest.approx(4 / 37)
-    assert 0 < shifted["ci_low"] <= shifted["gain"] <= shifted["ci_high"]
-    # independent bootstraps would add the two models' variance; pairing cancels what sessions share
+def _sessions(rows):
+    return [
+        {"session_id": f"s{i}", "requests": r, "shown": n, "accepted": a, "retained_chars": k}
+        for i, (r, n, a, k) in enumerate(rows)
+    ]
+
+
+def test_paired_gains_on_known_cases() -> None:
+    base = _sessions([(20, 10, 1, 5), (20, 10, 2, 9), (9, 5, 0, 0), (30, 12, 3, 12)])
+    exact = paired_gains(base, base)
+    for gain in exact.values():
+        assert (gain["value"], gain["ci_low"], gain["ci_high"], gain["sessions"]) == (0.0, 0.0, 0.0, 4)
+    # every session gains one acceptance and 4 retained characters on the same shown proposals
+    better = _sessions(
+        [
+            (r, n, a + 1, k + 4)
+            for r, n, a, k in [(20, 10, 1, 5), (20, 10, 2, 9), (9, 5, 0, 0), (30, 12, 3, 12)]
+        ]
+    )
+    shifted = paired_gains(base, better)
+    assert shifted["acceptance"]["value"] == pytest.approx(4 / 37)
+    assert (
+        0
+        < shifted["acceptance"]["ci_low"]
+        <= shifted["acceptance"]["value"]
+        <= shifted["acceptance"]["ci_high"]
+    )
+    assert shifted["retained"]["value"] == pytest.approx(16 / 79)
+    assert shifted["retained"]["relative"] == pytest.approx(16 / 26)
+    assert shifted["shown_rate"]["value"] == 0.0
     with pytest.raises(ValueError, match="same, non-empty"):
-        paired_bootstrap(base, base[:2])
+        paired_gains(base, base[:2])
 
 
 def test_chrf_bounds() -> None:
@@ -130,7 +157,7 @@ def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> 
 
     failed = _json(run_echoctl(registry_var, *on, "promote", "--version", "3", "--json"))
     assert failed["verdict"] == "fail" and not failed["promoted"] and failed["champion_after"] == "2"
-    assert any("forgetting exact match regressed" in r for r in failed["reasons"])
+    assert any("edit similarity regressed" in r for r in failed["reasons"])
 
     back = _json(run_echoctl(registry_var, "rollback", "--reason", "pager at 3am", "--json"))
     assert back == {**back, "from": "2", "to": "1", "moved": True}
@@ -163,8 +190,8 @@ def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> N
     report = _json(
         run_echoctl(registry_var, *shown, "evaluate", "--challenger", "2", "--sessions", "4", "--json")
     )
-    gain = report["acceptance_gain"]
-    assert gain["gain"] == 0.0 and gain["ci_low"] == 0.0 and gain["ci_high"] == 0.0
+    for gain in report["gains"].values():
+        assert gain["value"] == 0.0 and gain["ci_low"] == 0.0 and gain["ci_high"] == 0.0
     assert report["champion"]["offline"] == report["challenger"]["offline"]
     assert report["champion"]["forgetting"]["rows"] > 0
     assert report["champion"]["offline"]["all"]["rows"] == report["champion"]["online"]["shown"] > 0
@@ -173,6 +200,7 @@ def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> N
     client = registry.client(cfg)
     mv = client.get_model_version(cfg.mlflow.registered_model, "2")
     assert float(mv.tags["echo.eval.acceptance_gain"]) == 0.0 and mv.tags["echo.eval.sessions"] == "4"
+    assert float(mv.tags["echo.eval.retained_gain"]) == 0.0
     run = client.get_run(mv.run_id)
     flat = summary_metrics(report)
     assert run.data.metrics["eval.challenger.acceptance_rate"] == pytest.approx(

@@ -204,16 +204,28 @@ def test_objective_trains_on_two_ranks_and_registers_a_challenger(gold_var: Path
 
 
 @pytest.mark.integration
-def test_replay_share_is_respected(gold_var: Path) -> None:
+def test_sft_counts_replay_in_loss_tokens_and_learns_the_context(gold_var: Path) -> None:
+    import pandas as pd
+
     share = 0.25
     result = _train(
         gold_var, "--objective", "sft", "--max-steps", "2", settings=(f"learn.replay_share={share}",)
     )
     [stage] = result["stages"]
-    gold_rows = 45  # 48 rows, 3 in the validation split
-    assert stage["rows"] == gold_rows + round(gold_rows * share / (1 - share))
-    assert stage["replay_rows"] == round(gold_rows * share / (1 - share))
-    assert abs(stage["replay_rows"] / stage["rows"] - share) < 0.02
+    frame = pd.read_parquet(gold_var / "work" / "train" / result["run_id"] / "sft.parquet")
+    assert (frame["source"] == "gold").sum() == 45  # 48 rows, 3 in the validation split
+    assert stage["replay_rows"] == (frame["source"] == "replay").sum() > 0
+    assert stage["context_rows"] == (frame["source"] == "context").sum() > 0
+    tokens = {src: int(sum(sum(m) for m in part["completion_mask"])) for src, part in frame.groupby("source")}
+    # gold rows learn only the kept code; context and replay blocks are full-loss code
+    for src in ("context", "replay"):
+        part = frame[frame["source"] == src]
+        assert all(len(m) == sum(m) for m in part["completion_mask"])
+    assert all(sum(m) < len(m) for m in frame[frame["source"] == "gold"]["completion_mask"])
+    assert abs(tokens["replay"] / sum(tokens.values()) - share) < 0.06  # whole blocks of <= 128 tokens
+    assert stage["loss_tokens_per_epoch"] == sum(tokens.values())
+    # the context of consecutive requests is learned once, not once per request
+    assert stage["context_rows"] < 45
 
 
 @pytest.mark.integration
@@ -286,16 +298,19 @@ def test_bad_gold_fails_early_and_registers_nothing(gold_var: Path, tmp_path: Pa
 
 
 @pytest.mark.integration
-def test_equal_compute_control_trains_on_public_code_and_is_never_promoted(gold_var: Path) -> None:
+def test_equal_compute_baselines_train_on_other_code_and_are_never_promoted(gold_var: Path) -> None:
+    import pandas as pd
+
     from echo_lib import registry
 
     args = ("--objective", "sft", "--max-steps", "2")
+    echo = _train(gold_var, *args)
     result = _train(gold_var, *args, "--control")
-    [stage] = result["stages"]
+    [stage], [echo_stage] = result["stages"], echo["stages"]
     assert stage["replay_rows"] == stage["rows"]  # public code only
-    assert (
-        abs(stage["rows"] - (45 + round(45 * 0.3 / 0.7))) <= 2
-    )  # as many as gold gave (a long line may not fit)
+    # equal compute: as many rows as gold gave, about as many loss tokens (a long line may not fit)
+    assert abs(stage["rows"] - echo_stage["rows"]) <= 2
+    assert abs(stage["loss_tokens_per_epoch"] / echo_stage["loss_tokens_per_epoch"] - 1) < 0.25
     cfg = _cfg(gold_var)
     control = registry.client(cfg).get_model_version_by_alias(cfg.mlflow.registered_model, "control")
     assert str(control.version) == result["version"] and control.tags["echo.control"] == "true"
@@ -305,3 +320,16 @@ def test_equal_compute_control_trains_on_public_code_and_is_never_promoted(gold_
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["verdict"] == "fail" and not outcome["promoted"]
     assert "never promoted" in outcome["reasons"][0]
+
+    # the team's own files at the same compute: what a team would do instead of Echo
+    repo = _train(gold_var, *args, "--baseline", "team-experience")
+    [repo_stage] = repo["stages"]
+    assert repo_stage["steps"] == echo_stage["steps"] and repo_stage["context_rows"] == 0
+    assert abs(repo_stage["loss_tokens_per_epoch"] / echo_stage["loss_tokens_per_epoch"] - 1) < 0.25
+    frame = pd.read_parquet(gold_var / "work" / "train" / repo["run_id"] / "sft.parquet")
+    assert set(frame["source"]) == {"team-experience", "replay"}
+    mv = registry.client(cfg).get_model_version_by_alias(cfg.mlflow.registered_model, "repo")
+    assert str(mv.version) == repo["version"] and mv.tags["echo.baseline"] == "team-experience"
+    assert mv.tags["echo.control"] == "true"  # a baseline, never promoted
+    # a calibrated show policy travels with every trained version, baselines included
+    assert mv.tags["echo.show_policy"].startswith(("logistic", "confidence"))

@@ -12,19 +12,22 @@ from echo_lib import corpus
 from echo_lib.config import EchoConfig
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
-from echo_lib.world.simulate import acceptance_summary, plan_day, run_sessions
+from echo_lib.world.simulate import acceptance_summary, per_session, plan_day, run_sessions
 
 Progress = Callable[[int], None]
 
 
-def load_engine(cfg: EchoConfig, model_uri: str | None = None):
+def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool = False):
+    """The engine serving ``model_uri`` (default: @champion) with the configured settings; with
+    ``show_all`` every non-blank proposal is shown (canary traffic for calibration)."""
     from echo_lib import registry
     from echo_lib.engine import CompletionEngine, EngineSettings
 
     e = cfg.engine
     settings = EngineSettings(
         max_new_tokens=e.max_new_tokens,
-        show_threshold=e.show_threshold,
+        show_threshold=0.0 if show_all else e.show_threshold,
+        use_model_policy=not show_all and e.show_policy == "model",
         batch_size=e.batch_size,
         torch_threads=e.torch_threads,
     )
@@ -39,8 +42,8 @@ def load_engine(cfg: EchoConfig, model_uri: str | None = None):
 def world_files(
     cfg: EchoConfig, split: str, corpus_dirs: Sequence[str] | None = None
 ) -> list[corpus.SourceFile]:
-    if split not in ("experience", "heldout"):
-        raise ValueError(f"split must be experience or heldout, got {split!r}")
+    if split not in ("experience", "heldout", "calibration"):
+        raise ValueError(f"split must be experience, heldout or calibration, got {split!r}")
     files = corpus.scan(corpus.team_repos(cfg, corpus_dirs), cfg).select(split)  # type: ignore[arg-type]
     if not files:
         raise ValueError(f"no {split} files in the team repos")
@@ -131,14 +134,7 @@ def measure_acceptance(
     summary.update(
         split=split, seed=seed, model_version=engine.model_version, seconds=time.perf_counter() - start
     )
-    summary["per_session"] = [
-        {
-            "session_id": r.spec.session_id,
-            "shown": len(r.shown),
-            "accepted": sum(s.reaction.startswith("accept") for s in r.shown),
-        }
-        for r in results
-    ]
+    summary["per_session"] = per_session(results)
     if log_to_mlflow:
         summary["mlflow_run_id"] = _log_acceptance(cfg, summary)
     if keep_results:
@@ -178,6 +174,9 @@ def _log_acceptance(cfg: EchoConfig, summary: dict[str, Any]) -> str:
                     "requests",
                     "shown_per_trigger",
                     "accepted_retained_chars",
+                    "retained_per_request",
+                    "retained_ci_low",
+                    "retained_ci_high",
                 )
             }
         )

@@ -63,6 +63,7 @@ class ShownRecord:
     reaction: str
     accepted_len: int
     final: str  # the code that settled in the region: the rest of the real line
+    prefix: str = ""  # the request's prefix, as the engine saw it
 
 
 @dataclass
@@ -258,8 +259,9 @@ class _Session:
             trigger=kind,
         )
         reaction, accepted = decide(proposal_text, real, p, self.rng_react)
+        prefix = self.doc[max(0, offset - PREFIX_WINDOW) : offset]
         self.shown.append(
-            ShownRecord(request_id, offset, kind, proposal_text, confidence, reaction, accepted, real)
+            ShownRecord(request_id, offset, kind, proposal_text, confidence, reaction, accepted, real, prefix)
         )
         self.wait(p.review_s * self.rng_time.uniform(0.5, 2.0))
         self._schedule_snapshots(request_id, offset)

@@ -162,15 +162,28 @@ def retained_chars(record) -> int:
     return sum(b.size for b in blocks)
 
 
-def acceptance_summary(
-    results: Sequence[SessionResult], *, resamples: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    """Acceptance rate (accepted / shown) with a session-level bootstrap 95% CI, and the breakdown."""
-    import numpy as np
+def per_session(results: Sequence[SessionResult]) -> list[dict[str, Any]]:
+    """What each session's developer got: requests, shown, accepted, accepted-and-retained chars."""
+    return [
+        {
+            "session_id": r.spec.session_id,
+            "requests": r.requests,
+            "shown": len(r.shown),
+            "accepted": sum(s.reaction.startswith("accept") for s in r.shown),
+            "retained_chars": sum(retained_chars(s) for s in r.shown),
+        }
+        for r in results
+    ]
 
-    shown = np.array([len(r.shown) for r in results], dtype=float)
-    accepted = np.array([sum(s.reaction.startswith("accept") for s in r.shown) for r in results], dtype=float)
-    requests = sum(r.requests for r in results)
+
+def acceptance_summary(results: Sequence[SessionResult], *, seed: int = 0) -> dict[str, Any]:
+    """Acceptance among shown and retained characters per request, each with a session-level
+    bootstrap 95% CI, the shown rate, and the outcome breakdown."""
+    from echo_lib.stats import bootstrap_ratio
+
+    sessions = per_session(results)
+    column = {k: [s[k] for s in sessions] for k in ("requests", "shown", "accepted", "retained_chars")}
+    requests = sum(column["requests"])
     outcomes = Counter(s.reaction for r in results for s in r.shown)
     by_trigger: dict[str, dict[str, int]] = {}
     for r in results:
@@ -178,28 +191,25 @@ def acceptance_summary(
             slot = by_trigger.setdefault(s.trigger, {"shown": 0, "accepted": 0})
             slot["shown"] += 1
             slot["accepted"] += s.reaction.startswith("accept")
-    total_shown, total_accepted = int(shown.sum()), int(accepted.sum())
-    rate = total_accepted / total_shown if total_shown else 0.0
-    ci_low = ci_high = rate
-    if total_shown and len(results) > 1:
-        rng = np.random.default_rng(seed)
-        picks = rng.integers(0, len(results), size=(resamples, len(results)))
-        num, den = accepted[picks].sum(axis=1), shown[picks].sum(axis=1)
-        rates = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-        ci_low, ci_high = (float(x) for x in np.percentile(rates, [2.5, 97.5]))
+    acceptance = bootstrap_ratio(column["accepted"], column["shown"], seed=seed)
+    retained = bootstrap_ratio(column["retained_chars"], column["requests"], seed=seed)
     triggers = Counter()
     for r in results:
         triggers.update(r.triggers)
+    total_shown = sum(column["shown"])
     return {
         "sessions": len(results),
         "requests": requests,
         "shown": total_shown,
-        "accepted": total_accepted,
-        "acceptance_rate": rate,
-        "ci_low": ci_low,
-        "ci_high": ci_high,
+        "accepted": sum(column["accepted"]),
+        "acceptance_rate": acceptance["value"],
+        "ci_low": acceptance["ci_low"],
+        "ci_high": acceptance["ci_high"],
         "shown_per_trigger": total_shown / requests if requests else 0.0,
-        "accepted_retained_chars": sum(retained_chars(s) for r in results for s in r.shown),
+        "accepted_retained_chars": sum(column["retained_chars"]),
+        "retained_per_request": retained["value"],
+        "retained_ci_low": retained["ci_low"],
+        "retained_ci_high": retained["ci_high"],
         "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
         "by_trigger": by_trigger,
         "triggers": dict(triggers),
