@@ -71,14 +71,22 @@ def canary(cfg: EchoConfig, model_uri: str, progress: Callable[[str], None] = pr
     return {"model_version": engine.model_version, "requests": summary["requests"], "records": records}
 
 
-def _cache_path(cfg: EchoConfig, mv) -> Path:
+def _weights_digest(model_dir: Path) -> str:
+    """What the canary depends on from a model: its weights and tokenizer files (not its policy)."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and path.name != "show_policy.json":
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _cache_path(cfg: EchoConfig, model_dir: Path) -> Path:
     from echo_lib.world.behaviour import BehaviourParams
 
     identity = json.dumps(
         [
-            mv.run_id,
-            mv.source,
-            str(mv.version),
+            _weights_digest(model_dir),
             cfg.calibration.sessions,
             cfg.calibration.seed,
             dataclasses.asdict(BehaviourParams()),
@@ -89,22 +97,19 @@ def _cache_path(cfg: EchoConfig, mv) -> Path:
         default=str,
     )
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return cfg.var_path / "cache" / "canary" / f"v{mv.version}-{digest}.json"
+    return cfg.var_path / "cache" / "canary" / f"{digest}.json"
 
 
-def registered_canary(
-    cfg: EchoConfig, version: str, progress: Callable[[str], None] = print
+def cached_canary(
+    cfg: EchoConfig, model_dir: Path, uri: str | None = None, progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """The canary run of a registered version, measured once (the world is deterministic)."""
-    from echo_lib import registry
-
-    client, name = registry.client(cfg), cfg.mlflow.registered_model
-    mv = client.get_model_version(name, str(version))
-    path = _cache_path(cfg, mv)
+    """The canary run of the weights in ``model_dir``, measured once (the world is deterministic
+    given the weights, the sessions and the settings; the show policy plays no part: all is shown)."""
+    path = _cache_path(cfg, model_dir)
     if path.is_file():
-        progress(f"canary: v{version} measured before, reusing {path.name}")
+        progress(f"canary: {uri or model_dir} measured before, reusing {path.name}")
         return json.loads(path.read_text())
-    run = canary(cfg, f"models:/{name}/{version}", progress)
+    run = canary(cfg, uri or str(model_dir), progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run))
     return run
@@ -148,7 +153,7 @@ def calibrate(
         f"models:/{name}/{reference_version}", cfg.mlflow_tracking_uri, cfg.var_path / "cache" / "models"
     )
     reference_policy = serving_policy(cfg, reference_dir)
-    ref_run = registered_canary(cfg, reference_version, progress)
+    ref_run = cached_canary(cfg, reference_dir, f"models:/{name}/{reference_version}", progress)
     ref_x, ref_y, ref_kept = _columns(ref_run)
     reference = operating_point(
         [reference_policy.score_features(x) for x in ref_x],
@@ -157,7 +162,7 @@ def calibrate(
         ref_run["requests"],
         reference_policy.threshold,
     )
-    run = canary(cfg, str(model_dir), progress)
+    run = cached_canary(cfg, model_dir, progress=progress)
     x, y, kept = _columns(run)
     kind = cfg.calibration.policy
     params: dict[str, Any] = {}
