@@ -9,6 +9,14 @@ Requests are prefixes cut from real standard-library files at random positions i
 decodes the same requests; the proposals must be identical across batch sizes (greedy decoding),
 and the script exits non-zero if they are not.
 
+``--world`` runs the simulated world's sessions (team repos' experience files) instead, side by
+side in one process: the plain engine and the prefix-cache engine at each ``--window-steps`` step,
+reporting world events/s, completions/s and their ratios to today's engine (plain, step 1), then
+completions/s with the cache at batch 1 and batch 32 replaying the world's own request stream. The
+proposals of plain and cached runs at the same step must agree (else exit non-zero):
+
+    python bench/bench_engine.py --world --model DIR --sessions 32 --window-steps 1,32,64 --threads 1
+
 A random model proposes text of arbitrary length (it rarely emits a newline, so most requests run
 to ``--max-new-tokens``); a trained model stops at line ends, which is where dropping finished rows
 from the batch pays off. Use ``--model`` for numbers that resemble serving.
@@ -24,6 +32,7 @@ import random
 import sys
 import sysconfig
 import time
+from datetime import date
 from pathlib import Path
 
 STDLIB_FILES = [
@@ -115,7 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix-chars", type=int, default=4000, help="characters of context per request")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--world", action="store_true", help="world traffic: plain vs prefix-cache engine")
+    parser.add_argument("--sessions", type=int, default=32, help="--world: sessions to simulate")
+    parser.add_argument("--window-steps", default="1,32", help="--world: prompt_window_step values")
+    parser.add_argument(
+        "--replay-calls", type=int, default=40, help="--world: engine calls replayed at bs 1/32"
+    )
     args = parser.parse_args(argv)
+    if args.world:
+        return world_main(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
 
     import torch
@@ -233,6 +250,144 @@ def main(argv: list[str] | None = None) -> int:
             "outputs identical across batch sizes: "
             + ("yes" if mismatches == 0 else f"NO ({mismatches} differ)")
         )
+    return 0 if mismatches == 0 else 1
+
+
+def world_main(args) -> int:
+    """Plain and prefix-cache engines on the same world sessions, in this process."""
+    import torch
+
+    from echo_lib.config import load_config
+    from echo_lib.engine import CompletionEngine, EngineSettings
+    from echo_lib.world.behaviour import BehaviourParams
+    from echo_lib.world.delivery import DeliveryParams
+    from echo_lib.world.runner import world_files
+    from echo_lib.world.simulate import plan_day, run_sessions
+
+    if not args.model:
+        raise SystemExit("--world needs --model (a trained model: a random one never stops at line ends)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config().config
+    behaviour = BehaviourParams()
+    specs = plan_day(
+        world_files(cfg, "experience"),
+        date(2000, 1, 1),
+        args.sessions,
+        args.seed,
+        behaviour,
+        DeliveryParams.none(),
+    )
+    base = CompletionEngine.load(args.model)
+    load_before = os.getloadavg()[0]
+
+    def engine(step: int, cache: bool, batch: int = 32) -> CompletionEngine:
+        settings = EngineSettings(
+            max_new_tokens=args.max_new_tokens,
+            batch_size=batch,
+            prompt_window_step=step,
+            prefix_cache=cache,
+        )
+        return CompletionEngine(base.model, base.tokenizer, settings, base.model_version)
+
+    class Recording:
+        """The engine as the world sees it, keeping each call's prefixes and proposals."""
+
+        def __init__(self, inner: CompletionEngine):
+            self.inner, self.model_version, self.calls = inner, inner.model_version, []
+
+        def complete(self, prefixes, suffixes=None):
+            proposals = self.inner.complete(prefixes, suffixes)
+            self.calls.append((list(prefixes), proposals))
+            return proposals
+
+    def world(step: int, cache: bool) -> dict:
+        recording = Recording(engine(step, cache))
+        start = time.perf_counter()
+        results = run_sessions(specs, recording, behaviour, concurrency=cfg.world.concurrency)
+        seconds = time.perf_counter() - start
+        requests = sum(len(p) for p, _ in recording.calls)
+        store = recording.inner.prefix_store
+        return {
+            "step": step,
+            "prefix_cache": cache,
+            "seconds": round(seconds, 2),
+            "events": sum(len(r.events) for r in results),
+            "events_per_s": round(sum(len(r.events) for r in results) / seconds, 1),
+            "completions": requests,
+            "completions_per_s": round(requests / seconds, 1),
+            "reused_token_share": round(store.reused_tokens / max(store.prompt_tokens, 1), 3)
+            if store
+            else 0.0,
+            "_calls": recording.calls,
+        }
+
+    def differ(a: list, b: list) -> int:
+        pa = [p for _, ps in a for p in ps]
+        pb = [p for _, ps in b for p in ps]
+        if len(pa) != len(pb):
+            return max(len(pa), len(pb))
+        return sum(
+            x.text != y.text or abs(x.confidence - y.confidence) > 1e-5 for x, y in zip(pa, pb, strict=True)
+        )
+
+    runs, mismatches = [], 0
+    for step in [int(k) for k in args.window_steps.split(",") if k.strip()]:
+        plain, cached = world(step, False), world(step, True)
+        cached["mismatches_vs_plain"] = differ(plain["_calls"], cached["_calls"])
+        mismatches += cached["mismatches_vs_plain"]
+        runs += [plain, cached]
+    today = runs[0]  # plain, the first step (1 = today's engine)
+    for r in runs:
+        r["events_ratio_vs_today"] = round(r["events_per_s"] / today["events_per_s"], 2)
+
+    # batch 1 vs batch 32 on the world's own requests, with the cache, at the last step
+    calls = [prefixes for prefixes, _ in runs[-1]["_calls"][: args.replay_calls]]
+    replay = {}
+    for batch in (1, 32):
+        eng = engine(runs[-1]["step"], True, batch)
+        start = time.perf_counter()
+        for prefixes in calls:
+            eng.complete(prefixes)
+        replay[batch] = round(sum(map(len, calls)) / (time.perf_counter() - start), 1)
+    for r in runs:
+        del r["_calls"]
+    report = {
+        "model": args.model,
+        "sessions": len(specs),
+        "concurrency": cfg.world.concurrency,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "runs": runs,
+        "replay": {"step": runs[-1]["step"], "calls": len(calls), "requests": sum(map(len, calls))}
+        | {f"completions_per_s_batch_{b}": v for b, v in replay.items()},
+        "mismatches": mismatches,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"model: {args.model}, {len(specs)} sessions, concurrency {cfg.world.concurrency}, "
+            f"{report['torch_threads']} torch threads, {report['cpu_count']} CPUs, "
+            f"1-min load {report['loadavg_1m_before_after']} (before, after)"
+        )
+        print(
+            f"{'step':>5} {'cache':>6} {'seconds':>8} {'events/s':>9} {'compl/s':>8} {'vs today':>9} {'reused':>7}"
+        )
+        for r in runs:
+            print(
+                f"{r['step']:>5} {'yes' if r['prefix_cache'] else 'no':>6} {r['seconds']:>8.1f} "
+                f"{r['events_per_s']:>9.1f} {r['completions_per_s']:>8.1f} {r['events_ratio_vs_today']:>8.2f}x "
+                f"{r['reused_token_share']:>7.0%}"
+            )
+        rp = report["replay"]
+        print(
+            f"replay of {rp['calls']} world calls ({rp['requests']} requests), cache on, step {rp['step']}: "
+            f"batch 1 {rp['completions_per_s_batch_1']} compl/s, batch 32 {rp['completions_per_s_batch_32']} "
+            f"compl/s ({rp['completions_per_s_batch_32'] / rp['completions_per_s_batch_1']:.1f}x)"
+        )
+        print("proposals identical, plain vs cached: " + ("yes" if mismatches == 0 else f"NO ({mismatches})"))
     return 0 if mismatches == 0 else 1
 
 

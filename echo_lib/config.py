@@ -158,6 +158,19 @@ class EngineConfig(_Section):
     )
     batch_size: int = Field(32, gt=0, description="requests decoded together")
     torch_threads: int = Field(2, gt=0, description="torch threads for inference (world, evaluation)")
+    prompt_window_step: int = Field(
+        1,
+        gt=0,
+        description="prompt truncation step K, shared by serving and training rows: 1 keeps the last "
+        "tokens that fit (today's proposals); K > 1 lets the window start stay on a content-chosen token "
+        "for ~K/2 tokens typed (keeping budget-K+1 to budget tokens), so cached prompts can be reused",
+    )
+    prefix_cache: bool = Field(
+        True, description="reuse recent prompts' KV caches (same proposals, less prefill compute)"
+    )
+    prefix_cache_mb: float = Field(
+        256, ge=0, description="memory bound of the prefix cache, MiB (least recently used entries go first)"
+    )
 
 
 class WorldConfig(_Section):

@@ -13,7 +13,11 @@ Decoding is an explicit loop rather than ``model.generate`` so that it can
 * heal the last token: a prefix that ends mid-token (``"    retu"``) is tokenised differently
   from how the same text appears in training data (``"    return"``), so the last prompt token is
   removed and generation is constrained to reproduce its text before it may continue freely;
-* stop at the end of the current line (``mode="line"``) or after ``max_lines`` lines.
+* stop at the end of the current line (``mode="line"``) or after ``max_lines`` lines;
+* reuse a recent prompt's KV cache (``prefix_cache``): a session's consecutive requests share almost
+  all of their prompt, so only the tokens after the longest common token prefix with a cached
+  prompt are run through the model. Reuse needs a prompt window whose start stays put while the
+  cursor moves; see :func:`truncate_prompt` and ``prompt_window_step``.
 
 Importing this module is cheap: torch, transformers and mlflow are imported inside functions.
 """
@@ -28,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +48,7 @@ __all__ = [
     "Proposal",
     "consistent_with",
     "token_byte_table",
+    "truncate_prompt",
 ]
 
 
@@ -58,6 +64,9 @@ class EngineSettings:
     batch_size: int = 32
     max_prompt_tokens: int = 0  # 0 = model context length minus max_new_tokens; left-truncate prompts to this
     torch_threads: int | None = None
+    prompt_window_step: int = 1  # see truncate_prompt: 1 = the last max_prompt_tokens tokens, as always
+    prefix_cache: bool = False  # reuse recent prompts' KV caches (the plain decoder when False)
+    prefix_cache_mb: float = 256  # memory bound of those caches; least recently used go first
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -72,6 +81,10 @@ class EngineSettings:
             raise ValueError(f"max_prompt_tokens must be >= 0, got {self.max_prompt_tokens}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}")
+        if self.prompt_window_step < 1:
+            raise ValueError(f"prompt_window_step must be >= 1, got {self.prompt_window_step}")
+        if self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
 
     @property
     def line_limit(self) -> int:
@@ -185,6 +198,112 @@ def _decode_utf8(data: bytes) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The prompt window (shared with training rows) and the prefix store
+# --------------------------------------------------------------------------------------------
+
+
+def _anchor_rank(previous: int, token: int) -> int:
+    """A fixed pseudo-random rank of a token bigram (a 32-bit integer hash; no Python ``hash``,
+    which is salted per process)."""
+    h = (previous * 0x9E3779B1 ^ token * 0x85EBCA77) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
+    return h ^ (h >> 12)
+
+
+def truncate_prompt(ids: Sequence[int], budget: int, step: int = 1) -> list[int]:
+    """The window of ``ids`` a prompt keeps: at most ``budget`` tokens, ending with the last one.
+
+    ``step`` 1 keeps the last ``budget`` tokens. With ``step`` K > 1 the window starts at one of
+    the K earliest starts that fit (so it keeps between budget-K+1 and budget tokens), chosen by
+    content: the start whose bigram (token before, token at) has the lowest fixed rank. While a
+    session types, that start stays on the same token of the document until it leaves the K
+    candidates or a lower-ranked one enters them (about every K/2 tokens typed), and, unlike a
+    start at a multiple of K from the front, it does not move when the client's character window
+    drops text at the front (the world sends the last 4000 characters, so most prefixes lose as
+    much at the front as they gain at the end). That is what lets a cached prompt be reused.
+    Serving (:class:`CompletionEngine`) and training rows (``learn.sft_ids``) both call this.
+    """
+    ids = list(ids)
+    cut = len(ids) - budget
+    if cut <= 0:
+        return ids
+    if step > 1:
+        candidates = range(cut, min(cut + step, len(ids)))
+        cut = min(candidates, key=lambda i: (_anchor_rank(ids[i - 1], ids[i]), i))
+    return ids[cut:]
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Length of the longest common prefix (slice comparisons run in C; bisection over them)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _PrefixStore:
+    """Recent prompts' per-layer key/value tensors ([1, heads, len, dim] each), LRU within a byte bound.
+
+    Entries are found by their first ``HEAD`` tokens, then ranked by common prefix length: a
+    prompt that shares fewer tokens than that with every entry gains too little to bother.
+    """
+
+    HEAD = 8
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[int, ...], list[tuple[Any, Any]]] = OrderedDict()
+        self._by_head: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+        self.hits = self.lookups = self.reused_tokens = self.prompt_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest(self, ids: tuple[int, ...]) -> tuple[int, list[tuple[Any, Any]] | None]:
+        """(common prefix length, layers) of the entry sharing the most leading tokens with ``ids``."""
+        best, found = 0, None
+        for key in self._by_head.get(ids[: self.HEAD], ()):
+            n = _common_prefix(key, ids)
+            if n > best:
+                best, found = n, key
+        if found is None:
+            return 0, None
+        self._entries.move_to_end(found)
+        return best, self._entries[found]
+
+    def put(self, ids: tuple[int, ...], layers: list[tuple[Any, Any]]) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.max_bytes:
+            return
+        head = self._by_head.setdefault(ids[: self.HEAD], set())
+        # an entry that is a prefix of this prompt can never match more than this one does
+        for key in [k for k in head if len(k) <= len(ids) and ids[: len(k)] == k]:
+            self._drop(key)
+        self._entries[ids] = layers
+        self._by_head.setdefault(ids[: self.HEAD], set()).add(ids)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        layers = self._entries.pop(key)
+        self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        head = self._by_head[key[: self.HEAD]]
+        head.discard(key)
+        if not head:
+            del self._by_head[key[: self.HEAD]]
+
+
+# --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
 
@@ -248,6 +367,9 @@ class CompletionEngine:
         forward_params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in forward_params
+        self.prefix_store = (
+            _PrefixStore(int(settings.prefix_cache_mb * (1 << 20))) if settings.prefix_cache else None
+        )
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -302,8 +424,11 @@ class CompletionEngine:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
         size = self.settings.batch_size
         with torch.inference_mode():
-            for start in range(0, len(order), size):
-                self._decode([rows[i] for i in order[start : start + size]])
+            if self.prefix_store is not None:
+                self._decode_reusing(rows)
+            else:
+                for start in range(0, len(order), size):
+                    self._decode([rows[i] for i in order[start : start + size]])
         return [self._proposal(row, prefix) for row, prefix in zip(rows, prefixes, strict=True)]
 
     def _max_prompt_tokens(self) -> int:
@@ -320,7 +445,8 @@ class CompletionEngine:
             ids.pop()
         if not ids:
             ids = [self.start_id]
-        return _Row(prompt=ids[-self._max_prompt_tokens() :], owed=owed, out=bytearray())
+        prompt = truncate_prompt(ids, self._max_prompt_tokens(), self.settings.prompt_window_step)
+        return _Row(prompt=prompt, owed=owed, out=bytearray())
 
     @property
     def active_policy(self) -> ShowPolicy:
@@ -363,12 +489,17 @@ class CompletionEngine:
             mask[i, width - len(row.prompt) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        last_pos = positions[:, -1]
+        logits, cache = self._forward(input_ids, mask, positions, None)
+        self._generate(batch, logits, cache, mask, positions[:, -1])
 
-        active = list(batch)
-        cache = None
-        for _step in range(max_new):
-            logits, cache = self._forward(input_ids, mask, positions, cache)
+    def _generate(self, active: list[_Row], logits, cache, mask, last_pos) -> None:
+        """The decoding loop, from the prompt's last logits and its (left-padded) cache."""
+        import torch
+
+        input_ids = None  # the chosen tokens, fed back from the second step on
+        for step in range(self.settings.max_new_tokens):
+            if step:
+                logits, cache = self._forward(input_ids, mask, last_pos.unsqueeze(1), cache)
             if self._banned.numel():
                 logits.index_fill_(1, self._banned, float("-inf"))
             for i, row in enumerate(active):
@@ -399,9 +530,117 @@ class CompletionEngine:
             input_ids = chosen.unsqueeze(1)
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             last_pos = last_pos + 1
-            positions = last_pos.unsqueeze(1)
         for row in active:
             row.done = True
+
+    def _decode_reusing(self, rows: list[_Row]) -> None:
+        """Decode with the prefix store: prefill only what no cached prompt covers, then decode.
+
+        Prefill runs in groups of rows with similar numbers of new tokens (a row that reuses 200
+        tokens should not be padded to the width of one that reuses none); each group's batch
+        holds the cached keys/values left-padded to the longest, then the new tokens left-padded,
+        with an attention mask over both. Every prompt's cache is stored, then the rows decode in
+        chunks of ``batch_size`` from caches left-padded to the longest prompt.
+        """
+        import torch
+
+        store = self.prefix_store
+        assert store is not None
+        if self.settings.max_new_tokens == 0:
+            for row in rows:
+                row.done = True
+            return
+        plans = []  # (row, reused tokens, cached layers)
+        for row in rows:
+            key = tuple(row.prompt)
+            n, layers = store.longest(key)
+            n = min(n, len(row.prompt) - 1)  # at least one token runs, for the next-token logits
+            store.lookups += 1
+            store.hits += n > 0
+            store.reused_tokens += n
+            store.prompt_tokens += len(row.prompt)
+            plans.append((row, n, layers if n > 0 else None))
+        state: dict[int, tuple[Any, list[tuple[Any, Any]]]] = {}  # id(row) -> (last logits, layers)
+        plans.sort(key=lambda p: len(p[0].prompt) - p[1])
+        size = self.settings.batch_size
+        start = 0
+        while start < len(plans):
+            new_first = len(plans[start][0].prompt) - plans[start][1]
+            end = start + 1
+            while (
+                end < len(plans)
+                and end - start < size
+                and len(plans[end][0].prompt) - plans[end][1] <= 2 * new_first + 8
+            ):
+                end += 1
+            self._prefill(plans[start:end], state)
+            start = end
+        for row, _n, _layers in plans:
+            store.put(tuple(row.prompt), state[id(row)][1])
+
+        order = sorted(rows, key=lambda r: len(r.prompt))
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            width = max(len(r.prompt) for r in chunk)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long, device=self.device)
+            for i, row in enumerate(chunk):
+                mask[i, width - len(row.prompt) :] = 1
+            layers = [
+                (
+                    _left_pad([state[id(r)][1][j][0] for r in chunk], width),
+                    _left_pad([state[id(r)][1][j][1] for r in chunk], width),
+                )
+                for j in range(len(state[id(chunk[0])][1]))
+            ]
+            logits = torch.cat([state[id(r)][0] for r in chunk])
+            last_pos = torch.tensor([len(r.prompt) - 1 for r in chunk], dtype=torch.long, device=self.device)
+            self._generate(list(chunk), logits, _dynamic_cache(layers), mask, last_pos)
+
+    def _prefill(self, plans: list, state: dict) -> None:
+        """Run one group's new prompt tokens on top of their cached prefixes; record each row's
+        last logits and the keys/values of its whole prompt."""
+        import torch
+
+        cached = max(n for _row, n, _layers in plans)
+        fresh = max(len(row.prompt) - n for row, n, _layers in plans)
+        input_ids = torch.full((len(plans), fresh), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(plans), cached + fresh), dtype=torch.long)
+        positions = torch.zeros((len(plans), fresh), dtype=torch.long)
+        for i, (row, n, _layers) in enumerate(plans):
+            new = row.prompt[n:]
+            input_ids[i, fresh - len(new) :] = torch.tensor(new, dtype=torch.long)
+            mask[i, cached - n : cached] = 1
+            mask[i, cached + fresh - len(new) :] = 1
+            positions[i, fresh - len(new) :] = torch.arange(n, len(row.prompt))
+        input_ids, mask, positions = (
+            input_ids.to(self.device),
+            mask.to(self.device),
+            positions.to(self.device),
+        )
+        cache = None
+        if cached:
+            depth = len(next(layers for _row, n, layers in plans if layers is not None))
+            cache = _dynamic_cache(
+                [
+                    (
+                        _left_pad([_head(layers, j, 0, n) for _row, n, layers in plans], cached),
+                        _left_pad([_head(layers, j, 1, n) for _row, n, layers in plans], cached),
+                    )
+                    for j in range(depth)
+                ]
+            )
+        logits, cache = self._forward(input_ids, mask, positions, cache)
+        total = cached + fresh
+        for i, (row, n, _layers) in enumerate(plans):
+            new = len(row.prompt) - n
+            keep = torch.cat([torch.arange(cached - n, cached), torch.arange(total - new, total)]).to(
+                self.device
+            )
+            kept = [
+                (layer.keys[i : i + 1].index_select(2, keep), layer.values[i : i + 1].index_select(2, keep))
+                for layer in cache.layers
+            ]
+            state[id(row)] = (logits[i : i + 1], kept)
 
     def _advance(self, row: _Row, token: int, logprob: float) -> None:
         """Append one chosen token to ``row`` and decide whether it is finished."""
@@ -436,6 +675,27 @@ class CompletionEngine:
 # --------------------------------------------------------------------------------------------
 # Loading helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _head(layers, layer: int, which: int, n: int):
+    """The first ``n`` positions of one cached key (0) or value (1) tensor; None when nothing is reused."""
+    return layers[layer][which][:, :, :n] if layers is not None and n else None
+
+
+def _left_pad(tensors: list, width: int):
+    """Stack [1, heads, len, dim] tensors (None = empty) into [batch, heads, width, dim], right-aligned."""
+    like = next(t for t in tensors if t is not None)
+    out = like.new_zeros((len(tensors), like.shape[1], width, like.shape[3]))
+    for i, t in enumerate(tensors):
+        if t is not None and t.shape[2]:
+            out[i, :, width - t.shape[2] :] = t[0]
+    return out
+
+
+def _dynamic_cache(layers: list):
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers)
 
 
 def _forward_parameters(model) -> set[str]:

@@ -472,8 +472,14 @@ def validation_loss(engine, records: list[dict[str, Any]]) -> float | None:
     total = count = 0.0
     with torch.inference_mode():
         for record in records:
+            step = engine.settings.prompt_window_step
             row = sft_ids(
-                engine.tokenizer, record["prompt"], record["completion"], engine.context_length or 1 << 30
+                engine.tokenizer,
+                record["prompt"],
+                record["completion"],
+                engine.context_length or 1 << 30,
+                window_step=step,
+                prompt_tokens=engine._max_prompt_tokens() if step > 1 else 0,
             )
             if row is None:
                 continue

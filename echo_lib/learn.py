@@ -201,10 +201,22 @@ def fit_prompt(tokenizer, prompt: str, budget: int) -> str | None:
     return prompt[start:] if start > 0 else None
 
 
-def sft_ids(tokenizer, prompt: str, completion: str, max_length: int) -> dict[str, list[int]] | None:
+def sft_ids(
+    tokenizer,
+    prompt: str,
+    completion: str,
+    max_length: int,
+    *,
+    window_step: int = 1,
+    prompt_tokens: int = 0,
+) -> dict[str, list[int]] | None:
     """Token ids exactly as the engine builds its prompt: the prefix's tokens minus the last one
-    (healed), left-truncated to fit; the target is the healed text, the completion, the stopping
-    newline and EOS. None if the completion alone does not fit."""
+    (healed), left-truncated to fit by the engine's own rule (``truncate_prompt`` with
+    ``window_step``; ``prompt_tokens``, the engine's prompt budget, caps the window when given);
+    the target is the healed text, the completion, the stopping newline and EOS. None if the
+    completion alone does not fit."""
+    from echo_lib.engine import truncate_prompt
+
     prompt_ids = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = prompt_ids["input_ids"], prompt_ids["offset_mapping"]
     owed = ""
@@ -216,12 +228,26 @@ def sft_ids(tokenizer, prompt: str, completion: str, max_length: int) -> dict[st
     budget = max_length - len(target)
     if budget < 1:
         return None
-    ids = ids[-budget:] or [tokenizer.eos_token_id]
+    if prompt_tokens:
+        budget = min(budget, prompt_tokens)
+    ids = truncate_prompt(ids, budget, window_step) or [tokenizer.eos_token_id]
     return {"input_ids": ids + target, "completion_mask": [0] * len(ids) + [1] * len(target)}
 
 
+def prompt_window(engine, context: int) -> dict[str, int]:
+    """``sft_ids``'s window arguments for an engine config: its step, and with a step > 1 its prompt
+    budget too, so a row's window starts where serving's does (at step 1 rows keep today's
+    truncation to the context, of which serving's prompt is the tail)."""
+    step = engine.prompt_window_step
+    return {"window_step": step, "prompt_tokens": context - engine.max_new_tokens if step > 1 else 0}
+
+
 def shape_rows(
-    stage: str, records: list[dict[str, Any]], tokenizer, max_length: int
+    stage: str,
+    records: list[dict[str, Any]],
+    tokenizer,
+    max_length: int,
+    window: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Gold (or replay) records -> training rows for ``stage``; returns the rows and the drops.
 
@@ -231,7 +257,7 @@ def shape_rows(
     rows, dropped = [], {"completion_too_long": 0}
     for record in records:
         if stage == "sft":
-            row = sft_ids(tokenizer, record["prompt"], record["completion"], max_length)
+            row = sft_ids(tokenizer, record["prompt"], record["completion"], max_length, **(window or {}))
         else:
             prompt, completions = heal_split(tokenizer, record["prompt"], [record[f] for f in fields])
             longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions)
@@ -487,6 +513,7 @@ def _plan(
     tokenizer = load_tokenizer(parent_dir)
     preset = get_preset(champion.tags.get("echo.preset") or cfg.train.preset)
     context = int(json.loads((parent_dir / "config.json").read_text())["max_position_embeddings"])
+    window = prompt_window(cfg.engine, context)  # training rows see serving's prompts
     world = (
         procs * cfg.train.num_nodes if cfg.train.num_gpus == 0 else cfg.train.num_gpus * cfg.train.num_nodes
     )
@@ -522,7 +549,7 @@ def _plan(
     try:
         for i, stage in enumerate(STAGES[objective]):
             records = gold[stage].to_dict("records")
-            rows, dropped = shape_rows(stage, records, tokenizer, context)
+            rows, dropped = shape_rows(stage, records, tokenizer, context, window)
             if stage == "sft":
                 # loss tokens, not rows: the code around each refinement, then public-code replay
                 extra = context_blocks(records, tokenizer, context) if learn.context_loss else []
@@ -533,7 +560,11 @@ def _plan(
                 planned_rows = len(rows) + len(extra) + len(replay)
                 if baseline == "public":  # the same rows and tokens, all public code
                     rows, _ = shape_rows(
-                        stage, replay_records(public_texts, len(rows), learn.seed + 100), tokenizer, context
+                        stage,
+                        replay_records(public_texts, len(rows), learn.seed + 100),
+                        tokenizer,
+                        context,
+                        window,
                     )
                     extra = replay_blocks(public_texts, len(extra), tokenizer, context, learn.seed + 101)
                 elif baseline:  # the team's files themselves, as many loss tokens as gold and context
@@ -546,7 +577,7 @@ def _plan(
             else:
                 n_replay = replay_count(len(rows), learn.replay_share) if stage != "dpo" else 0
                 replay, _ = shape_rows(
-                    stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context
+                    stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context, window
                 )
                 rows += replay
                 if baseline:  # same count and shape, public code only
@@ -555,6 +586,7 @@ def _plan(
                         replay_records(public_texts, len(rows), learn.seed + 100 + i),
                         tokenizer,
                         context,
+                        window,
                     )
                 planned_rows = len(rows)
             if not rows:

@@ -133,10 +133,11 @@ class _EngineStub:
     """Just enough of CompletionEngine for its ``_prepare`` (prompt building) to run."""
 
     def __init__(self, tokenizer) -> None:
-        from echo_lib.engine import token_byte_table
+        from echo_lib.engine import EngineSettings, token_byte_table
 
         self.token_bytes = token_byte_table(tokenizer)
         self.start_id = tokenizer.eos_token_id
+        self.settings = EngineSettings()
 
     def _max_prompt_tokens(self) -> int:
         return 1 << 30

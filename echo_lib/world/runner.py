@@ -30,6 +30,9 @@ def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool
         use_model_policy=not show_all and e.show_policy == "model",
         batch_size=e.batch_size,
         torch_threads=e.torch_threads,
+        prompt_window_step=e.prompt_window_step,
+        prefix_cache=e.prefix_cache,
+        prefix_cache_mb=e.prefix_cache_mb,
     )
     return CompletionEngine.load(
         model_uri or registry.model_uri(cfg),
