@@ -114,53 +114,67 @@ def _ci(values: list[float] | None, fmt: str) -> str:
     return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
-def print_rounds(rows: list[dict]) -> None:
-    from rich.table import Table
+ROUND_COLUMNS = (
+    "round",
+    "date",
+    "events",
+    "refinements kept",
+    "challenger (gate)",
+    "challenger - champion: acceptance; retained chars/request",
+    "champion",
+    "acceptance among shown",
+    "retained chars / request",
+)
 
-    table = Table(
-        title="Echo, round by round (held-out world: 95% CIs over paired sessions)", title_justify="left"
-    )
-    for column in (
-        "round",
-        "date",
-        "events",
-        "refinements kept",
-        "challenger (gate)",
-        "challenger - champion: acceptance | retained chars/request",
-        "champion",
-        "acceptance among shown",
-        "retained chars / request",
-    ):
-        table.add_column(column)
+
+def round_cells(rows: list[dict]) -> list[list[str]]:
+    """The round table's cells: round 0 is the first champion, then one row per round."""
+    cells = []
     if rows and rows[0].get("before_acceptance"):
         first = rows[0]
-        table.add_row(
-            "0",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            f"v{first['before_version']}",
-            _ci(first["before_acceptance"], ".2%"),
-            _ci(first["before_retained"], ".3f"),
+        cells.append(
+            ["0", "-", "-", "-", "-", "-", f"v{first['before_version']}"]
+            + [_ci(first["before_acceptance"], ".2%"), _ci(first["before_retained"], ".3f")]
         )
     for i, r in enumerate(rows, 1):
         gains = "-"
         if r.get("acceptance_gain") and r.get("retained_gain"):
-            gains = f"{_ci(r['acceptance_gain'], '+.2%')} | {_ci(r['retained_gain'], '+.3f')}"
-        table.add_row(
-            str(i),
-            r["date"],
-            f"{r['events']:,}" if r["events"] is not None else "?",
-            f"{r['refinements_kept']:,}",
-            f"v{r['challenger']} ({r['verdict'] or '-'})",
-            gains,
-            f"v{r['champion']}",
-            _ci(r.get("after_acceptance"), ".2%"),
-            _ci(r.get("after_retained"), ".3f"),
+            gains = f"{_ci(r['acceptance_gain'], '+.2%')}; {_ci(r['retained_gain'], '+.3f')}"
+        cells.append(
+            [
+                str(i),
+                r["date"],
+                f"{r['events']:,}" if r["events"] is not None else "?",
+                f"{r['refinements_kept']:,}",
+                f"v{r['challenger']} ({r['verdict'] or '-'})",
+                gains,
+                f"v{r['champion']}",
+                _ci(r.get("after_acceptance"), ".2%"),
+                _ci(r.get("after_retained"), ".3f"),
+            ]
         )
-    console.print(table, width=max(console.width, 200))  # one line per row, also in a log file
+    return cells
+
+
+def print_rounds(rows: list[dict]) -> None:
+    """A table on a terminal; in a log (not a TTY) a markdown table, one line per row, never cut."""
+    from rich.table import Table
+
+    title = "Echo, round by round (held-out world: 95% CIs over paired sessions)"
+    cells = round_cells(rows)
+    if not console.is_terminal:
+        lines = [title, "", "| " + " | ".join(ROUND_COLUMNS) + " |", "|" + " --- |" * len(ROUND_COLUMNS)]
+        lines += [
+            "| " + " | ".join(row).replace(" | +", " / +").replace(" | -", " / -") + " |" for row in cells
+        ]
+        console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
+        return
+    table = Table(title=title, title_justify="left")
+    for column in ROUND_COLUMNS:
+        table.add_column(column)
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
 
 
 def main() -> None:
