@@ -49,7 +49,12 @@ def world_files(
         raise ValueError(f"split must be experience, heldout or calibration, got {split!r}")
     files = corpus.scan(corpus.team_repos(cfg, corpus_dirs), cfg).select(split)  # type: ignore[arg-type]
     if not files:
-        raise ValueError(f"no {split} files in the team repos")
+        hint = (
+            " (raise corpus.calibration_percent, or set calibration.enabled=false to skip calibration)"
+            if split == "calibration"
+            else ""
+        )
+        raise ValueError(f"no {split} files in the team repos{hint}")
     return files
 
 
