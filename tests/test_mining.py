@@ -166,8 +166,9 @@ def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
 # --------------------------------------------------------------------------- world data, known truth
 
 
-def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False):
-    cfg = load_config().config
+def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False, calibration_percent: int = 0):
+    # calibration_percent=0: the experience files this test was verified on before the calibration split
+    cfg = load_config(overrides={"corpus.calibration_percent": calibration_percent}).config
     files = [f for f in corpus.scan(corpus.team_repos(cfg), cfg).select("experience") if len(f.text) < 40_000]
     specs = plan_day(files, date(2026, 11, 24), 40, seed, BehaviourParams(), DeliveryParams())
     results = run_sessions(specs, Oracle([s.text for s in specs], seed), BehaviourParams(), concurrency=16)
@@ -190,9 +191,30 @@ OUTCOME_OF_REACTION = {
 }
 
 
-@pytest.mark.parametrize("drop_snapshots", [False, True], ids=["snapshots", "replay-only"])
-def test_mined_final_matches_the_real_code(spark, tmp_path: Path, drop_snapshots: bool) -> None:
-    truth = world_day(tmp_path, seed=4, drop_snapshots=drop_snapshots)
+@pytest.mark.parametrize(
+    ("drop_snapshots", "calibration_percent"),
+    [
+        (False, 0),
+        (True, 0),
+        (False, 10),
+        pytest.param(
+            True,
+            10,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known miner bug, found 2026-11-25: with snapshots dropped, an exact accept of "
+                "'# events.py' at document offset 0 is mined as accepted_then_edited (issue [5/7])",
+            ),
+        ),
+    ],
+    ids=["snapshots", "replay-only", "snapshots-new-split", "replay-only-new-split"],
+)
+def test_mined_final_matches_the_real_code(
+    spark, tmp_path: Path, drop_snapshots: bool, calibration_percent: int
+) -> None:
+    truth = world_day(
+        tmp_path, seed=4, drop_snapshots=drop_snapshots, calibration_percent=calibration_percent
+    )
     for dt in ("2026-11-24", "2026-11-25"):
         run_ingest(spark, str(tmp_path), dt)
     manifest = run_mine(spark, str(tmp_path), "2026-11-24")
