@@ -709,6 +709,9 @@ def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
         "rows",
         "tokens",
         "tokens_per_s",
+        "loss_tokens",
+        "prompt_tokens",
+        "loss_tokens_per_s",
         "final_loss",
         "train_loss",
         "seconds",
@@ -733,7 +736,17 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=N
     for s in summaries:
         prefix = f"{s['name']}." if len(summaries) > 1 else ""
         metrics.update(
-            {f"{prefix}summary.{k}": s[k] for k in ("final_loss", "tokens", "tokens_per_s", "seconds")}
+            {
+                f"{prefix}summary.{k}": s[k]
+                for k in (
+                    "final_loss",
+                    "tokens",
+                    "tokens_per_s",
+                    "loss_tokens",
+                    "loss_tokens_per_s",
+                    "seconds",
+                )
+            }
         )
     if policy is not None and policy.calibration:
         c = policy.calibration

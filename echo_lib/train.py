@@ -162,7 +162,57 @@ class TokenBlocks:
         return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
 
-def _mlflow_callback(job: TrainJob, tokens_per_step: int):
+class TokenCounter:
+    """Wraps a data collator to count, on this rank, the tokens each batch carries and how many of
+    them the loss sees (labels != -100). A completion-only loss spends most of a step's compute on
+    masked prompt tokens: tokens/s alone would hide that, so both are reported."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+        self.tokens = 0
+        self.loss_tokens = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        labels, mask = batch.get("labels"), batch.get("attention_mask")
+        if labels is not None:
+            self.tokens += int(mask.sum()) if mask is not None else labels.numel()
+            # causal LM: the first label of each row is never predicted
+            self.loss_tokens += int((labels[:, 1:] != -100).sum())
+        return batch
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: float, done: int) -> str:
+    """One line per logging step (a log file stays readable, unlike a redrawn bar): where training
+    is, its loss, its throughput in all tokens and in loss tokens, and when it will end."""
+    parts = [f"step {step}/{total}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.3f}")
+    if "tokens_per_s" in metrics:
+        parts.append(f"{metrics['tokens_per_s']:,.0f} tokens/s")
+    if "loss_tokens_per_s" in metrics:
+        share = metrics.get("loss_token_share")
+        parts.append(
+            f"{metrics['loss_tokens_per_s']:,.0f} loss tokens/s" + (f" ({share:.0%})" if share else "")
+        )
+    if done > 0 and total > step:
+        parts.append(f"eta {elapsed / done * (total - step) / 60:.1f} min")
+    return "train: " + ", ".join(parts)
+
+
+def _all_ranks_sum(values: list[int]) -> list[int]:
+    """Sum per-rank counters over the process group (a no-op without one)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return [int(v) for v in tensor.tolist()]
+
+
+def _mlflow_callback(job: TrainJob, tokens_per_step: int, counter: TokenCounter | None = None):
     from transformers import TrainerCallback
 
     class MlflowRank0(TrainerCallback):
@@ -170,10 +220,11 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
 
         def __init__(self) -> None:
             self.client = None
-            self.last = (time.perf_counter(), 0, 0)
+            self.last = (time.perf_counter(), 0, 0, 0, 0)
             self.start_tokens = 0
             self.history: list[dict[str, float]] = []
             self.start_step = 0
+            self.started = time.perf_counter()
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero and job.mlflow_run_id:
@@ -181,8 +232,10 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
 
                 self.client = mlflow.MlflowClient(tracking_uri=job.mlflow_tracking_uri)
             seen = state.num_input_tokens_seen or tokens_per_step * state.global_step
-            self.last = (time.perf_counter(), state.global_step, seen)
+            counted = (counter.tokens, counter.loss_tokens) if counter else (0, 0)
+            self.last = (time.perf_counter(), state.global_step, seen, *counted)
             self.start_step, self.start_tokens = state.global_step, seen
+            self.started = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -190,10 +243,21 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int):
             now, step = time.perf_counter(), state.global_step
             metrics = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and k != "epoch"}
             seen = state.num_input_tokens_seen or tokens_per_step * step
+            counted = (counter.tokens, counter.loss_tokens) if counter else (0, 0)
             if step > self.last[1]:
-                metrics["tokens_per_s"] = (seen - self.last[2]) / (now - self.last[0])
-            self.last = (now, step, seen)
+                elapsed = now - self.last[0]
+                metrics["tokens_per_s"] = (seen - self.last[2]) / elapsed
+                if counter and counted[0] > self.last[3]:
+                    # this rank's batches, scaled by the ranks: an estimate (the final report sums them)
+                    world = int(os.environ.get("WORLD_SIZE", 1))
+                    metrics["loss_tokens_per_s"] = (counted[1] - self.last[4]) * world / elapsed
+                    metrics["loss_token_share"] = (counted[1] - self.last[4]) / (counted[0] - self.last[3])
+            self.last = (now, step, seen, *counted)
             self.history.append({"step": step, **metrics})
+            print(
+                progress_line(step, state.max_steps, metrics, now - self.started, step - self.start_step),
+                flush=True,
+            )
             if self.client is not None:
                 from mlflow.entities import Metric
 
@@ -246,7 +310,7 @@ def run(job: TrainJob) -> dict[str, Any]:
         seed=job.seed,
         data_seed=job.seed,
         dataloader_num_workers=0,
-        disable_tqdm=rank != 0,
+        disable_tqdm=True,  # the callback prints one progress line per logging step (rank 0)
         log_level="warning",
     )
     if job.objective == "clm":
@@ -256,8 +320,11 @@ def run(job: TrainJob) -> dict[str, Any]:
         dataset = _rows_dataset(job)
         tokens_per_step = 0  # variable-length rows: the trainer counts tokens seen instead
         common["include_num_input_tokens_seen"] = "non_padding"
-    logger = _mlflow_callback(job, tokens_per_step)
+    counter = TokenCounter(None)
+    logger = _mlflow_callback(job, tokens_per_step, counter if job.objective in ("clm", "sft") else None)
     trainer = _trainer(job, model, tokenizer, dataset, common, logger)
+    counter.collate = trainer.data_collator
+    trainer.data_collator = counter
     start = time.perf_counter()
     resume = bool(job.resume and _has_checkpoint(job.checkpoint_dir))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -266,6 +333,7 @@ def run(job: TrainJob) -> dict[str, Any]:
     final_model = trainer.model_wrapped.module if hasattr(trainer.model_wrapped, "module") else trainer.model
     state = trainer.state
     seen = state.num_input_tokens_seen or tokens_per_step * state.global_step
+    batch_tokens, batch_loss_tokens = _all_ranks_sum([counter.tokens, counter.loss_tokens])
     report = {
         "rank": rank,
         "world_size": world,
@@ -284,6 +352,10 @@ def run(job: TrainJob) -> dict[str, Any]:
         "history": logger.history,
     }
     report["tokens_per_s"] = report["tokens"] / seconds if seconds > 0 else None
+    if batch_tokens:  # clm and sft batches carry labels; all ranks, this launch only
+        report["loss_tokens"] = batch_loss_tokens
+        report["prompt_tokens"] = batch_tokens - batch_loss_tokens
+        report["loss_tokens_per_s"] = batch_loss_tokens / seconds if seconds > 0 else None
     reports = Path(job.checkpoint_dir) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"rank{rank}.json").write_text(json.dumps(report, indent=2))

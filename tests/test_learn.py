@@ -204,6 +204,32 @@ def test_objective_trains_on_two_ranks_and_registers_a_challenger(gold_var: Path
     assert len(engine.complete(["import os\n", "def f("])) == 2
 
 
+def test_token_counter_separates_loss_tokens_from_prompt_tokens() -> None:
+    import torch
+
+    from echo_lib.train import TokenCounter, progress_line
+
+    def collate(rows):
+        return {
+            "input_ids": torch.tensor(rows),
+            "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+            "labels": torch.tensor([[-100, -100, 7, 8], [-100, 5, 6, -100]]),
+        }
+
+    counter = TokenCounter(collate)
+    batch = counter([[1, 2, 7, 8], [4, 5, 6, 0]])
+    assert batch["labels"].shape == (2, 4)
+    assert (counter.tokens, counter.loss_tokens) == (7, 4)
+    line = progress_line(
+        50,
+        200,
+        {"loss": 2.5, "tokens_per_s": 1000.0, "loss_tokens_per_s": 250.0, "loss_token_share": 0.25},
+        elapsed=60.0,
+        done=50,
+    )
+    assert line == "train: step 50/200, loss 2.500, 1,000 tokens/s, 250 loss tokens/s (25%), eta 3.0 min"
+
+
 @pytest.mark.integration
 def test_sft_counts_replay_in_loss_tokens_and_learns_the_context(gold_var: Path) -> None:
     import pandas as pd
@@ -225,6 +251,8 @@ def test_sft_counts_replay_in_loss_tokens_and_learns_the_context(gold_var: Path)
     assert all(sum(m) < len(m) for m in frame[frame["source"] == "gold"]["completion_mask"])
     assert abs(tokens["replay"] / sum(tokens.values()) - share) < 0.06  # whole blocks of <= 128 tokens
     assert stage["loss_tokens_per_epoch"] == sum(tokens.values())
+    # throughput is reported in loss tokens too: most of an SFT step's tokens are masked prompt
+    assert stage["loss_tokens"] > 0 and stage["prompt_tokens"] > 0 and stage["loss_tokens_per_s"] > 0
     # the context of consecutive requests is learned once, not once per request
     assert stage["context_rows"] < 45
 
