@@ -65,6 +65,20 @@ class LakeSettings(_Section):
     )
 
 
+class IngestSettings(_Section):
+    """What one raw file may cost ingest before it is cut (a gzip bomb or a runaway client)."""
+
+    max_line_bytes: int = Field(
+        1 << 20, gt=0, description="a longer line is quarantined as oversize_field (its head kept)"
+    )
+    max_file_bytes: int = Field(
+        4 << 30,
+        gt=0,
+        description="decompressed bytes read per raw file; past it, one oversize_file row says where "
+        "reading stopped (the raw file stays for a rerun)",
+    )
+
+
 class MlflowSettings(_Section):
     tracking_uri: str = Field(
         "", description="MLflow tracking/registry URI; default sqlite:///<var>/mlflow/mlflow.db"
@@ -290,6 +304,7 @@ class EchoConfig(BaseSettings):
     var_dir: str = Field("", description="where Echo writes everything by default; default <home>/var")
     spark: SparkSettings = Field(default_factory=SparkSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)

@@ -164,6 +164,8 @@ def all_fields() -> list[FieldSpec]:
 
 # --------------------------------------------------------------------------- Arrow
 
+INT64 = (-(2**63), 2**63 - 1)  # bronze stores integers as int64: a larger JSON integer is invalid
+
 _ARROW_TYPES = {
     "string": pa.string(),
     "int": pa.int64(),
@@ -200,7 +202,7 @@ def _json_property(spec: FieldSpec) -> dict[str, Any]:
     if spec.type == "string":
         prop["type"] = "string"
     elif spec.type == "int":
-        prop["type"] = "integer"
+        prop.update(type="integer", maximum=INT64[1])
     elif spec.type == "float":
         prop["type"] = "number"
     else:
@@ -256,6 +258,7 @@ REASONS = (
     "unknown_event_type",
     "unknown_field",
     "oversize_field",
+    "oversize_file",
     "invalid_value",
     "unsupported_schema_version",
 )
@@ -307,7 +310,7 @@ def validate_event(record: Any) -> Invalid | None:
             return Invalid("missing_field", f"{name} is missing (required for {event_type})")
     for name in record:
         if name not in specs:
-            return Invalid("unknown_field", f"{name} is not a field of {event_type}")
+            return Invalid("unknown_field", f"{name!r} is not a field of {event_type}")
     for name, value in record.items():
         spec = specs[name]
         if not isinstance(value, _PYTHON_TYPES[spec.type]) or isinstance(value, bool):
@@ -326,6 +329,13 @@ def validate_event(record: Any) -> Invalid | None:
 
 
 def _value_problem(spec: FieldSpec, value: Any) -> str | None:
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        return "outside the 64-bit integer range"
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON can escape a lone surrogate (\\ud800); text cannot hold it
+            return f"an unpaired surrogate at character {exc.start} is not Unicode text"
     if spec.minimum is not None and value < spec.minimum:
         return f"{value} is below the minimum {spec.minimum:g}"
     if spec.maximum is not None and value > spec.maximum:

@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from echo_lib.config import load_config
-    from echo_lib.mining.ingest import run_ingest
+    from echo_lib.mining.ingest import Limits, run_ingest
     from echo_lib.spark import get_session
 
     cfg = load_config().config
     spark = get_session(cfg, f"echo-ingest-{args.date}")
-    manifest = run_ingest(spark, args.lake or cfg.lake_uri, args.date)
+    limits = Limits(cfg.ingest.max_line_bytes, cfg.ingest.max_file_bytes)
+    manifest = run_ingest(spark, args.lake or cfg.lake_uri, args.date, limits)
     print("ECHO_RESULT " + json.dumps(manifest))
 
 

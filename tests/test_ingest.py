@@ -26,7 +26,7 @@ def test_gzip_lines_reads_members_and_survives_truncation() -> None:
     assert list(gzip_lines(data)) == [(1, b"a", None), (2, b"b", None), (3, b"c", None)]
     long = gzip.compress(b"".join(b"line %d\n" % i for i in range(5000)))
     lines = list(gzip_lines(long[: len(long) // 2]))
-    assert lines[-1][2] == "truncated_gzip"
+    assert lines[-1][2].reason == "truncated_gzip"
     assert all(problem is None for _, _, problem in lines[:-1]) and len(lines) > 100
     assert [raw for _, raw, _ in lines[:3]] == [b"line 0", b"line 1", b"line 2"]
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from echo_lib.events import ARROW_SCHEMA, Invalid, parse_ts, validate_event
@@ -20,51 +21,116 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
-MAX_LINE_BYTES = 1 << 20  # a line longer than this cannot be a valid event: quarantined as oversize
+MAX_LINE_BYTES = 1 << 20  # default per-line budget (config ingest.max_line_bytes)
+MAX_FILE_BYTES = 4 << 30  # default per-file budget of decompressed bytes (config ingest.max_file_bytes)
+INFLATE_CHUNK = 1 << 20  # a file is decompressed this much at a time: memory stays bounded
 RAW_KEEP_CHARS = 64_000  # quarantine keeps this much of a bad line
+BATCH_ROWS = 20_000
 META_FIELDS = ("_source_file", "_line_no")
 
 
-def gzip_lines(data: bytes) -> Iterator[tuple[int, bytes, str | None]]:
+@dataclass(frozen=True)
+class Limits:
+    """Per-line and per-file budgets: what a hostile or broken file may cost before it is cut."""
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_file_bytes: int = MAX_FILE_BYTES
+
+
+_DAMAGED = object()  # marker: the gzip stream ends early or is corrupt
+
+
+def _inflate(data: bytes, chunk: int = INFLATE_CHUNK) -> Iterator[bytes | object]:
+    """Decompressed pieces of at most ``chunk`` bytes of a (multi-member) gzip file, then
+    :data:`_DAMAGED` if the stream is cut or corrupt. Never inflates a whole member at once, so a
+    small file that expands to gigabytes costs ``chunk`` bytes of memory, not gigabytes."""
+    rest = data
+    while rest:
+        decoder = zlib.decompressobj(wbits=31)
+        tail = rest
+        while not decoder.eof:
+            try:
+                out = decoder.decompress(tail, chunk)
+            except zlib.error:
+                yield _DAMAGED
+                return
+            if out:
+                yield out
+            tail = decoder.unconsumed_tail
+            if not tail and not out and not decoder.eof:  # input used up inside a member
+                with contextlib.suppress(zlib.error):
+                    out = decoder.flush()
+                    if out:
+                        yield out
+                yield _DAMAGED
+                return
+        rest = decoder.unused_data
+
+
+def gzip_lines(data: bytes, limits: Limits = Limits()) -> Iterator[tuple[int, bytes, Invalid | None]]:
     """(line number, bytes, problem) for every line of a (multi-member) gzip file.
 
-    A truncated or corrupt member does not stop reading: the lines decoded before the damage are
-    returned normally and the partial last line is returned with problem ``truncated_gzip``.
+    Nothing stops reading but the file's budget: a truncated or corrupt member yields the lines
+    decoded before the damage and the partial last line with ``truncated_gzip``; a line over
+    ``limits.max_line_bytes`` yields its first bytes with ``oversize_field`` (the rest is skipped,
+    never buffered); past ``limits.max_file_bytes`` of decompressed data one ``oversize_file``
+    row records where reading stopped (the raw file stays in the lake for a rerun with a larger
+    budget).
     """
-    decoder = zlib.decompressobj(wbits=31)
-    pending, line_no, rest = b"", 0, data
-    in_member, damaged = bool(data), False
-    while rest:
-        try:
-            pending += decoder.decompress(rest)
-        except zlib.error:
-            damaged = True
-            break
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
+    line_no, produced = 0, 0
+    pending = bytearray()  # the current line, at most max_line_bytes + 1 bytes of it
+    line_size = 0  # its full size, including bytes not kept
+
+    def finish(problem: Invalid | None) -> tuple[int, bytes, Invalid | None]:
+        nonlocal line_size
+        raw, size = bytes(pending), line_size
+        pending.clear()
+        line_size = 0
+        if problem is None and size > limits.max_line_bytes:
+            problem = Invalid("oversize_field", f"line of {size} bytes exceeds {limits.max_line_bytes}")
+        return line_no, raw[:RAW_KEEP_CHARS] if size > limits.max_line_bytes else raw, problem
+
+    for piece in _inflate(data):
+        if piece is _DAMAGED:
             line_no += 1
-            yield line_no, line, None
-        if decoder.eof:  # end of one member; another may follow
-            rest, decoder = decoder.unused_data, zlib.decompressobj(wbits=31)
-            in_member = bool(rest)
-        else:
-            rest = b""
-    if in_member or damaged:
-        with contextlib.suppress(zlib.error):  # the damaged tail may not flush
-            pending += decoder.flush()
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
+            yield finish(Invalid("truncated_gzip", "file ends inside a gzip member; partial line kept"))
+            return
+        assert isinstance(piece, bytes)
+        produced += len(piece)
+        if produced > limits.max_file_bytes:
             line_no += 1
-            yield line_no, line, None
-        yield line_no + 1, pending, "truncated_gzip"
-    elif pending:
-        yield line_no + 1, pending, None  # a last line without its newline is still a line
+            yield finish(
+                Invalid(
+                    "oversize_file",
+                    f"decompresses to more than {limits.max_file_bytes} bytes; the lines from here on"
+                    " were not read (the raw file is kept: raise ingest.max_file_bytes and rerun)",
+                )
+            )
+            return
+        start = 0
+        while start < len(piece):
+            newline = piece.find(b"\n", start)
+            stop = len(piece) if newline < 0 else newline
+            room = limits.max_line_bytes + 1 - len(pending)  # enough to know a line is oversize
+            if room > 0:
+                pending += piece[start : start + min(stop - start, room)]
+            line_size += stop - start
+            if newline < 0:
+                break
+            line_no += 1
+            yield finish(None)
+            start = newline + 1
+    if pending or line_size:
+        line_no += 1
+        yield finish(None)  # a last line without its newline is still a line
 
 
-def check_line(raw: bytes) -> tuple[dict[str, Any] | None, Invalid | None]:
-    """Decode and validate one line: (record, None) or (None, why)."""
-    if len(raw) > MAX_LINE_BYTES:
-        return None, Invalid("oversize_field", f"line of {len(raw)} bytes exceeds {MAX_LINE_BYTES}")
+def check_line(
+    raw: bytes, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[dict[str, Any] | None, Invalid | None]:
+    """Decode and validate one line: (record, None) or (None, why). Never raises on data."""
+    if len(raw) > max_line_bytes:
+        return None, Invalid("oversize_field", f"line of {len(raw)} bytes exceeds {max_line_bytes}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -73,8 +139,17 @@ def check_line(raw: bytes) -> tuple[dict[str, Any] | None, Invalid | None]:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, Invalid("malformed_json", f"{exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return None, Invalid("malformed_json", "nested too deeply to decode")
+    except ValueError as exc:  # e.g. an integer literal of more than 4,300 digits
+        return None, Invalid("malformed_json", str(exc)[:200])
     invalid = validate_event(record)
     return (None, invalid) if invalid else (record, None)
+
+
+def printable(text: str) -> str:
+    """``text`` safe for Arrow and Parquet: unpaired surrogates escaped (\\udXXX), not raised."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def lines_schema() -> StructType:
@@ -100,44 +175,68 @@ def _lines_arrow_schema() -> pa.Schema:
     )
 
 
-def _decode_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: binaryFile rows (path, content) -> one row per line."""
-    import pyarrow as pa
-
+def _decode_batches(batches: Iterator[pa.RecordBatch], limits: Limits = Limits()) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: binaryFile rows (path, content) -> one row per line, valid or quarantined."""
     schema = _lines_arrow_schema()
-    names = schema.names
     for batch in batches:
         paths, contents = batch.column("path").to_pylist(), batch.column("content").to_pylist()
         for path, content in zip(paths, contents, strict=True):
-            columns: dict[str, list[Any]] = {n: [] for n in names}
-            for line_no, raw, problem in gzip_lines(content):
-                if problem:
-                    record, invalid = (
-                        None,
-                        Invalid(problem, "file ends inside a gzip member; partial line kept"),
-                    )
-                elif not raw.strip():
-                    continue  # blank lines (e.g. a trailing newline) are not events
-                else:
-                    record, invalid = check_line(raw)
-                for name in ARROW_SCHEMA.names:
-                    value = record.get(name) if record else None
-                    columns[name].append(parse_ts(value) if name == "ts" and value is not None else value)
-                columns["_source_file"].append(path)
-                columns["_line_no"].append(line_no)
-                columns["_reason"].append(invalid.reason if invalid else None)
-                columns["_detail"].append(invalid.detail if invalid else None)
-                columns["_raw"].append(raw[:RAW_KEEP_CHARS].decode("utf-8", "replace") if invalid else None)
-                if len(columns["_line_no"]) >= 20_000:
-                    yield pa.RecordBatch.from_pydict(columns, schema=schema)
-                    columns = {n: [] for n in names}
-            if columns["_line_no"]:
-                yield pa.RecordBatch.from_pydict(columns, schema=schema)
+            rows: list[tuple[int, bytes, dict[str, Any] | None, Invalid | None]] = []
+            for line_no, raw, problem in gzip_lines(content, limits):
+                record = None
+                if problem is None:
+                    if not raw.strip():
+                        continue  # blank lines (e.g. a trailing newline) are not events
+                    record, problem = check_line(raw, limits.max_line_bytes)
+                rows.append((line_no, raw, record, problem))
+                if len(rows) >= BATCH_ROWS:
+                    yield _lines_batch(path, rows, schema)
+                    rows = []
+            if rows:
+                yield _lines_batch(path, rows, schema)
 
 
-def decode_files(files: DataFrame) -> DataFrame:
+def _lines_batch(path: str, rows: list, schema: pa.Schema) -> pa.RecordBatch:
+    """One Arrow batch of decoded lines. A record that passed the contract but still cannot be
+    stored (a case the validator does not foresee) is quarantined alone, never failing the job."""
+    import pyarrow as pa
+
+    def columns(rows) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {n: [] for n in schema.names}
+        for line_no, raw, record, invalid in rows:
+            for name in ARROW_SCHEMA.names:
+                value = record.get(name) if record else None
+                out[name].append(parse_ts(value) if name == "ts" and value is not None else value)
+            out["_source_file"].append(printable(path))
+            out["_line_no"].append(line_no)
+            out["_reason"].append(invalid.reason if invalid else None)
+            out["_detail"].append(printable(invalid.detail) if invalid else None)
+            out["_raw"].append(raw[:RAW_KEEP_CHARS].decode("utf-8", "replace") if invalid else None)
+        return out
+
+    try:
+        return pa.RecordBatch.from_pydict(columns(rows), schema=schema)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError, UnicodeError):
+        pass
+    checked = []
+    for row in rows:
+        line_no, raw, record, invalid = row
+        if record is not None:
+            try:
+                pa.RecordBatch.from_pydict(columns([row]), schema=schema)
+            except (pa.ArrowException, OverflowError, TypeError, ValueError, UnicodeError) as exc:
+                why = f"valid JSON the bronze schema cannot store: {type(exc).__name__}: {exc}"
+                row = (line_no, raw, None, Invalid("invalid_value", why[:500]))
+        checked.append(row)
+    return pa.RecordBatch.from_pydict(columns(checked), schema=schema)
+
+
+def decode_files(files: DataFrame, limits: Limits = Limits()) -> DataFrame:
     """``binaryFile`` rows -> one row per line with typed event columns or a quarantine reason."""
-    return files.select("path", "content").mapInArrow(_decode_batches, lines_schema())
+    import functools
+
+    body = functools.partial(_decode_batches, limits=limits)
+    return files.select("path", "content").mapInArrow(body, lines_schema())
 
 
 def valid_events(lines: DataFrame) -> DataFrame:
@@ -169,7 +268,7 @@ def dedupe_events(events: DataFrame) -> DataFrame:
     return events.withColumn("_copy", F.row_number().over(first)).where("_copy = 1").drop("_copy")
 
 
-def run_ingest(spark, lake: str, dt: str) -> dict[str, Any]:
+def run_ingest(spark, lake: str, dt: str, limits: Limits = Limits()) -> dict[str, Any]:
     """Ingest ``raw/events/dt=<dt>`` into bronze and quarantine; return the partition manifest.
 
     Counts reconcile exactly: ``lines_read == valid + quarantined`` and
@@ -183,7 +282,7 @@ def run_ingest(spark, lake: str, dt: str) -> dict[str, Any]:
     if not lake_io.exists(spark, raw):
         raise FileNotFoundError(f"no raw partition for {dt}: {raw} does not exist")
     files = spark.read.format("binaryFile").option("pathGlobFilter", "*.jsonl.gz").load(raw)
-    lines = decode_files(files).persist()
+    lines = decode_files(files, limits).persist()
     try:
         counts = {
             r["_reason"]: r["n"] for r in lines.groupBy("_reason").agg(F.count("*").alias("n")).collect()
