@@ -159,7 +159,7 @@ def bootstrap(
         progress(
             f"training {job.max_steps} steps on {world} rank(s), {tokens:,} tokens (log: {work / 'train.log'}) ..."
         )
-        launch(cfg, work / "job.json", work / "train.log", num_procs=procs)
+        launch(cfg, work / "job.json", work / "train.log", num_procs=procs, progress=progress)
         report = json.loads((Path(job.checkpoint_dir) / "reports" / "rank0.json").read_text())
         summary = {
             k: report[k]

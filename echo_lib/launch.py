@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from echo_lib.config import EchoConfig
+from echo_lib.train import PROGRESS_PREFIX
 
 
 class TrainingFailed(RuntimeError):
@@ -50,14 +52,36 @@ def training_env(cfg: EchoConfig) -> dict[str, str]:
     return env
 
 
-def launch(cfg: EchoConfig, job_path: Path, log_path: Path, *, num_procs: int | None = None) -> None:
-    """Run the launcher, stream its output to ``log_path`` (and to the console when verbose)."""
+def launch(
+    cfg: EchoConfig,
+    job_path: Path,
+    log_path: Path,
+    *,
+    num_procs: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Run the launcher and stream its output to ``log_path``; rank 0's progress lines
+    (``train: step k/n, ...``) also go to ``progress``, so a long run is never silent."""
     cmd = deepspeed_command(cfg, job_path, num_procs=num_procs)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, env=training_env(cfg), stdout=log, stderr=subprocess.STDOUT, check=False)
+        with subprocess.Popen(
+            cmd,
+            env=training_env(cfg),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                at = line.find(PROGRESS_PREFIX)
+                if progress is not None and at >= 0:
+                    progress(line[at:].rstrip())
     if proc.returncode != 0:
         lines = log_path.read_text(errors="replace").splitlines()
         errors = [line for line in lines if "Error" in line or "error:" in line]

@@ -427,7 +427,7 @@ def train(
                 f"stage {stage['name']}: {job['max_steps']} steps on {stage['rows']:,} rows "
                 f"({stage['replay_rows']:,} replay), {procs} rank(s) (log: {stage['log']}) ..."
             )
-            launch(cfg, job_path, Path(stage["log"]), num_procs=procs)
+            launch(cfg, job_path, Path(stage["log"]), num_procs=procs, progress=progress)
             init = stage["output_dir"]
         policy = None
         if cfg.calibration.enabled:

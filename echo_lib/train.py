@@ -182,10 +182,13 @@ class TokenCounter:
         return batch
 
 
+PROGRESS_PREFIX = "train: step "  # the launcher forwards lines carrying it to the console
+
+
 def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: float, done: int) -> str:
     """One line per logging step (a log file stays readable, unlike a redrawn bar): where training
     is, its loss, its throughput in all tokens and in loss tokens, and when it will end."""
-    parts = [f"step {step}/{total}"]
+    parts = [f"{step}/{total}"]
     if "loss" in metrics:
         parts.append(f"loss {metrics['loss']:.3f}")
     if "tokens_per_s" in metrics:
@@ -197,7 +200,7 @@ def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: flo
         )
     if done > 0 and total > step:
         parts.append(f"eta {elapsed / done * (total - step) / 60:.1f} min")
-    return "train: " + ", ".join(parts)
+    return PROGRESS_PREFIX + ", ".join(parts)
 
 
 def _all_ranks_sum(values: list[int]) -> list[int]:
@@ -325,6 +328,9 @@ def run(job: TrainJob) -> dict[str, Any]:
     trainer = _trainer(job, model, tokenizer, dataset, common, logger)
     counter.collate = trainer.data_collator
     trainer.data_collator = counter
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per log instead
     start = time.perf_counter()
     resume = bool(job.resume and _has_checkpoint(job.checkpoint_dir))
     result = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -84,7 +84,7 @@ def _train(var: Path, *args: str, settings: tuple[str, ...] = ()) -> dict:
     options = [x for kv in ("learn.save_steps=4", *settings) for x in ("--set", kv)]
     proc = run_echoctl(var, *options, "train", "--json", *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
 
 
 def _train_runs(client) -> list:
@@ -253,6 +253,8 @@ def test_sft_counts_replay_in_loss_tokens_and_learns_the_context(gold_var: Path)
     assert stage["loss_tokens_per_epoch"] == sum(tokens.values())
     # throughput is reported in loss tokens too: most of an SFT step's tokens are masked prompt
     assert stage["loss_tokens"] > 0 and stage["prompt_tokens"] > 0 and stage["loss_tokens_per_s"] > 0
+    # rank 0's progress reaches the console, not only the log file
+    assert "train: step 2/2, loss " in result["stderr"] and "loss tokens/s" in result["stderr"]
     # the context of consecutive requests is learned once, not once per request
     assert stage["context_rows"] < 45
 
