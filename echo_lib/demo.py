@@ -164,9 +164,7 @@ def print_rounds(rows: list[dict]) -> None:
     cells = round_cells(rows)
     if not console.is_terminal:
         lines = [title, "", "| " + " | ".join(ROUND_COLUMNS) + " |", "|" + " --- |" * len(ROUND_COLUMNS)]
-        lines += [
-            "| " + " | ".join(row).replace(" | +", " / +").replace(" | -", " / -") + " |" for row in cells
-        ]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
         console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
         return
     table = Table(title=title, title_justify="left")

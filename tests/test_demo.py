@@ -33,3 +33,5 @@ def test_round_table_shows_acceptance_and_what_users_got(monkeypatch) -> None:
     assert "12.01% [11.02%, 12.99%]" in lines[1] and "+4.39% [+3.50%, +5.20%]" in lines[1]
     assert "+0.106 [+0.080, +0.130]" in lines[1] and "v2 (pass)" in lines[1]
     assert "…" not in text
+    header = next(line for line in text.splitlines() if line.startswith("| round"))
+    assert all(line.count(" | ") == header.count(" | ") for line in lines)  # every cell in its column
