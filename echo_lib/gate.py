@@ -2,9 +2,10 @@
 
 Only MLflow aliases move (``@champion``, ``@challenger``); serving resolves
 ``models:/<name>@champion`` at load time, so a promotion needs no code change. MLflow keeps no
-history of alias moves, so every change of ``@champion`` is appended to ``history.jsonl``, an
-artifact of one dedicated MLflow run (tag ``echo.stage=registry-history``) in the tracking store:
-it survives restarts and travels with the store.
+history of alias moves, so every change of ``@champion`` is written as its own small artifact
+(``history/<ns>-<id>.json``) of a dedicated MLflow run (tag ``echo.stage=registry-history``) in the
+tracking store: it survives restarts and travels with the store, and an append never rewrites
+what is there, so two concurrent changes cannot lose each other's entries.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import getpass
 import json
 import os
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +24,8 @@ from typing import Any
 from echo_lib.config import EchoConfig, PromotionSettings
 
 HISTORY_RUN = "registry-history"
-HISTORY_FILE = "history.jsonl"
+HISTORY_DIR = "history"  # one artifact per entry
+LEGACY_HISTORY_FILE = "history.jsonl"  # stores written before entries were separate files
 
 
 class GateError(RuntimeError):
@@ -109,48 +113,54 @@ def eval_metrics_of(mv) -> dict[str, float]:
 # ---- history -----------------------------------------------------------------------------------
 
 
-def _history_run_id(cfg: EchoConfig, create: bool) -> str | None:
+def _history_run_ids(cfg: EchoConfig, create: bool) -> list[str]:
+    """The history runs, oldest first (two first writers racing may each create one: both count)."""
     from echo_lib import registry
     from echo_lib.tracking import configure_mlflow
 
     client = registry.client(cfg)
     experiment_id = configure_mlflow(cfg)
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`echo.stage` = '{HISTORY_RUN}'", max_results=1
+        [experiment_id],
+        filter_string=f"tags.`echo.stage` = '{HISTORY_RUN}'",
+        order_by=["attributes.start_time ASC"],
     )
-    if runs:
-        return runs[0].info.run_id
-    if not create:
-        return None
+    if runs or not create:
+        return [r.info.run_id for r in runs]
     run = client.create_run(experiment_id, run_name=HISTORY_RUN, tags={"echo.stage": HISTORY_RUN})
     client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return [run.info.run_id]
 
 
 def history(cfg: EchoConfig) -> list[dict[str, Any]]:
     """Every change of @champion, oldest first."""
     from echo_lib import registry
 
-    run_id = _history_run_id(cfg, create=False)
-    if run_id is None:
-        return []
     client = registry.client(cfg)
-    if not any(f.path == HISTORY_FILE for f in client.list_artifacts(run_id)):
-        return []
+    named: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, HISTORY_FILE, tmp)
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for k, run_id in enumerate(_history_run_ids(cfg, create=False)):
+            listed = {f.path for f in client.list_artifacts(run_id)}
+            if LEGACY_HISTORY_FILE in listed:
+                path = Path(client.download_artifacts(run_id, LEGACY_HISTORY_FILE, f"{tmp}/{k}"))
+                lines = [line for line in path.read_text().splitlines() if line.strip()]
+                named += [(f"{0:020d}-{i:08d}", json.loads(line)) for i, line in enumerate(lines)]
+            if HISTORY_DIR in listed:
+                folder = Path(client.download_artifacts(run_id, HISTORY_DIR, f"{tmp}/{k}"))
+                named += [(p.stem, json.loads(p.read_text())) for p in folder.glob("*.json")]
+    return [entry for _, entry in sorted(named, key=lambda item: item[0])]
 
 
 def _append_history(cfg: EchoConfig, entry: dict[str, Any]) -> None:
+    """One new artifact per entry, named by the time it was written: nothing is read and
+    rewritten, so concurrent appends all survive."""
     from echo_lib import registry
 
-    run_id = _history_run_id(cfg, create=True)
-    entries = [*history(cfg), entry]
+    run_id = _history_run_ids(cfg, create=True)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / HISTORY_FILE
-        path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-        registry.client(cfg).log_artifact(run_id, str(path))
+        path = Path(tmp) / f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.json"
+        path.write_text(json.dumps(entry, sort_keys=True))
+        registry.client(cfg).log_artifact(run_id, str(path), HISTORY_DIR)
     registry.client(cfg).set_registered_model_tag(
         cfg.mlflow.registered_model, "echo.last_champion_change", json.dumps(entry, sort_keys=True)[:4900]
     )

@@ -24,13 +24,27 @@ def client(cfg: EchoConfig):
     return mlflow.MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.mlflow_tracking_uri)
 
 
+def is_not_found(exc: Exception) -> bool:
+    """MLflow's "no such model" or "no such alias", as opposed to a registry that failed. Stores
+    report a missing alias as INVALID_PARAMETER_VALUE "... alias X not found."."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
+
+
 def version_by_alias(cfg: EchoConfig, alias: str) -> ModelVersion | None:
+    """The version ``alias`` points at; None only when the model or alias does not exist. Any
+    other registry error is raised: read as "no champion" it would let bootstrap register a
+    second one."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client(cfg).get_model_version_by_alias(cfg.mlflow.registered_model, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
 
 
 def register_run_model(
@@ -43,7 +57,9 @@ def register_run_model(
     name = cfg.mlflow.registered_model
     try:
         mlflow_client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise
         mlflow_client.create_registered_model(
             name, description="Echo's coding agent; serve models:/<name>@champion"
         )

@@ -211,3 +211,62 @@ def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> N
     # no improvement: the gate says no
     verdict = _json(run_echoctl(registry_var, "promote", "--version", "2", "--dry-run", "--json"))
     assert verdict["verdict"] == "fail"
+
+
+def test_a_failing_registry_is_an_error_not_a_missing_champion(monkeypatch, tmp_path: Path) -> None:
+    """Only "no such model/alias" means no champion; a registry that fails (here a tracking
+    server answering 500) must raise, or bootstrap would register a second champion."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from mlflow.exceptions import MlflowException
+
+    from echo_lib import registry
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"error_code": "INTERNAL_ERROR", "message": "database is locked"}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        failing = load_config(overrides={"mlflow.tracking_uri": f"http://127.0.0.1:{server.server_port}"})
+        with pytest.raises(MlflowException, match="500"):
+            registry.version_by_alias(failing.config, registry.CHAMPION)
+    finally:
+        server.shutdown()
+    store = load_config(overrides={"mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}).config
+    assert registry.version_by_alias(store, registry.CHAMPION) is None  # no model: not found
+    registry.client(store).create_registered_model(store.mlflow.registered_model)
+    assert registry.version_by_alias(store, registry.CHAMPION) is None  # no alias: not found
+
+
+def test_concurrent_history_appends_lose_nothing(tmp_path: Path) -> None:
+    """Two writers recording champion changes at once (a manual rollback beside a nightly
+    promotion): every entry survives, in the order written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from echo_lib import gate, registry
+
+    cfg = load_config(overrides={"var_dir": str(tmp_path / "var")}).config
+    registry.client(cfg).create_registered_model(cfg.mlflow.registered_model)
+    gate.record_champion_change(cfg, action="bootstrap", from_version=None, to_version="1", why="v0")
+
+    def writer(name: str) -> None:
+        for k in range(4):
+            gate.record_champion_change(cfg, action=name, from_version="1", to_version=str(k), why="test")
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(writer, ["promote", "rollback"]))
+    entries = gate.history(cfg)
+    assert len(entries) == 9 and entries[0]["action"] == "bootstrap"
+    for name in ("promote", "rollback"):
+        assert [e["to"] for e in entries if e["action"] == name] == ["0", "1", "2", "3"]
