@@ -376,8 +376,22 @@ def _log_evaluation(cfg: EchoConfig, mv, report: dict[str, Any]) -> None:
     tags["echo.eval.against"] = report["champion_version"]
     tags["echo.eval.sessions"] = str(report["sessions"])
     tags["echo.eval.seed"] = str(report["seed"])
+    tags[EVAL_DIGEST_TAG] = evaluation_digest(tags)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(mv.version), key, value)
+
+
+EVAL_TAG_PREFIX = "echo.eval."
+EVAL_DIGEST_TAG = "echo.eval.sha256"
+
+
+def evaluation_digest(tags: dict[str, str]) -> str:
+    """SHA-256 of a version's evaluation tags (all ``echo.eval.*`` but the digest itself): the
+    gate recomputes it, so a tag edited after ``echoctl evaluate`` wrote it is detected."""
+    import hashlib
+
+    signed = {k: v for k, v in tags.items() if k.startswith(EVAL_TAG_PREFIX) and k != EVAL_DIGEST_TAG}
+    return hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
 
 
 def render_report(report: dict[str, Any]) -> str:

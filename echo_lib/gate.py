@@ -213,7 +213,7 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
     Idempotent: a version that is already champion is not moved again and adds no history entry.
     """
     from echo_lib import registry
-    from echo_lib.evaluate import EvaluationError, resolve_version
+    from echo_lib.evaluate import EVAL_DIGEST_TAG, EvaluationError, evaluation_digest, resolve_version
 
     try:
         mv = resolve_version(cfg, version or registry.CHALLENGER)
@@ -222,6 +222,16 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
     metrics = eval_metrics_of(mv)
     verdict = decide(metrics, cfg.promotion)
+    digest = evaluation_digest(mv.tags)
+    if verdict.passed and mv.tags.get(EVAL_DIGEST_TAG) != digest:
+        verdict = Verdict(
+            False,
+            [
+                "the evaluation tags do not match the digest `echoctl evaluate` wrote "
+                f"({EVAL_DIGEST_TAG} {mv.tags.get(EVAL_DIGEST_TAG, 'missing')}, now {digest[:12]}...): "
+                "changed after the evaluation, re-evaluate"
+            ],
+        )
     if mv.tags.get("echo.control") == "true":
         verdict = Verdict(False, ["an equal-compute control model is a baseline, never promoted"])
     against = mv.tags.get("echo.eval.against")
@@ -238,6 +248,9 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
         name, str(mv.version), "echo.gate.reasons", "; ".join(verdict.reasons)[:4900]
     )
     client.set_model_version_tag(name, str(mv.version), "echo.gate.checked_at", stamp)
+    # what the verdict was read from: the evaluation's run and the digest of its tags
+    client.set_model_version_tag(name, str(mv.version), "echo.gate.eval_run_id", str(mv.run_id))
+    client.set_model_version_tag(name, str(mv.version), "echo.gate.eval_sha256", digest)
     mode = "enabled" if enabled else "dry-run"
     description = (mv.description or "").split("\n\nGate:")[0]
     client.update_model_version(

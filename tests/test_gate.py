@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from echo_lib.config import PromotionSettings, load_config
-from echo_lib.evaluate import chrf, paired_gains, summary_metrics
+from echo_lib.evaluate import EVAL_DIGEST_TAG, chrf, evaluation_digest, paired_gains, summary_metrics
 from echo_lib.gate import decide
 from tests.conftest import run_echoctl
 
@@ -121,6 +121,10 @@ def registry_var(bootstrapped: dict, tmp_path: Path) -> Path:
         for key, value in metrics.items():
             client.set_model_version_tag(cfg.mlflow.registered_model, number, f"echo.eval.{key}", str(value))
         client.set_model_version_tag(cfg.mlflow.registered_model, number, "echo.eval.against", "1")
+        tags = client.get_model_version(cfg.mlflow.registered_model, number).tags
+        client.set_model_version_tag(
+            cfg.mlflow.registered_model, number, EVAL_DIGEST_TAG, evaluation_digest(tags)
+        )
     return var
 
 
@@ -142,6 +146,16 @@ def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> 
     assert dry["champion_after"] == "1"
     mv2 = registry.client(cfg).get_model_version(name, "2")
     assert mv2.tags["echo.gate.verdict"] == "pass" and "Gate: PASS (dry-run" in mv2.description
+    assert (
+        mv2.tags["echo.gate.eval_sha256"] == mv2.tags[EVAL_DIGEST_TAG] and mv2.tags["echo.gate.eval_run_id"]
+    )
+
+    # an evaluation tag edited after the evaluation is detected, not trusted
+    gain = mv2.tags["echo.eval.acceptance_gain_ci_low"]
+    registry.client(cfg).set_model_version_tag(name, "2", "echo.eval.acceptance_gain_ci_low", "0.5")
+    tampered = _json(run_echoctl(registry_var, "promote", "--version", "2", "--json"))
+    assert tampered["verdict"] == "fail" and "re-evaluate" in tampered["reasons"][0]
+    registry.client(cfg).set_model_version_tag(name, "2", "echo.eval.acceptance_gain_ci_low", gain)
 
     on = ("--set", "promotion.enabled=true")
     done = _json(run_echoctl(registry_var, *on, "promote", "--version", "2", "--json"))
