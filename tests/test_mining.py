@@ -197,15 +197,7 @@ OUTCOME_OF_REACTION = {
         (False, 0),
         (True, 0),
         (False, 10),
-        pytest.param(
-            True,
-            10,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known miner bug, found 2026-11-25: with snapshots dropped, an exact accept of "
-                "'# events.py' at document offset 0 is mined as accepted_then_edited (issue [5/7])",
-            ),
-        ),
+        (True, 10),  # has an exact accept at document offset 0 (empty prefix): once mis-replayed
     ],
     ids=["snapshots", "replay-only", "snapshots-new-split", "replay-only-new-split"],
 )
@@ -292,3 +284,41 @@ def test_lookback_rule_assigns_each_session_to_its_first_day(spark) -> None:
     ]
     scoped = scope_sessions(frame(spark, rows), "2026-11-24")
     assert sorted((r["session_id"], r["seq"]) for r in scoped.collect()) == [("s1", 0), ("s1", 1)]
+
+
+def test_replay_keeps_an_accept_at_the_top_of_a_file() -> None:
+    """A proposal at document offset 0 has an empty prefix: the accepted text inserted there is
+    the region, not an edit before the window (this was mined as accepted_then_edited)."""
+    import pandas as pd
+
+    from echo_lib.mining.refinements import replay_regions
+
+    def change(seq: int, offset: int, inserted: str, removed: int = 0) -> dict:
+        return {
+            "event_type": "doc_change",
+            "seq": seq,
+            "offset": offset,
+            "removed_len": removed,
+            "inserted": inserted,
+        }
+
+    shown = {"event_type": "completion_shown", "seq": 1, "offset": 0, "prefix": "", "suffix": "import os\n"}
+    session = pd.DataFrame(
+        [
+            {**shown, "request_id": "r1", "needs_replay": True},
+            change(2, 0, "# events.py"),  # the accept
+            change(3, 11, "\n"),
+            {
+                **shown,
+                "seq": 4,
+                "offset": 12,
+                "prefix": "# events.py\n",
+                "request_id": "r2",
+                "needs_replay": True,
+            },
+            change(5, 12, "x = 1"),
+            change(6, 0, "#!/usr/bin/env python\n"),  # typed above a region that does not start the window
+        ]
+    ).assign(session_id="s")
+    finals = replay_regions(session).set_index("request_id")["replayed_final"].to_dict()
+    assert finals == {"r1": "# events.py", "r2": "x = 1import os"}

@@ -179,7 +179,11 @@ def replay_regions(group: pd.DataFrame) -> pd.DataFrame:
         for change in changes[changes["seq"] > shown.seq].itertuples():
             rel = change.offset - base
             removed, inserted = int(change.removed_len), change.inserted or ""
-            if rel + removed <= 0:  # entirely before the window: the window shifts
+            # typing at the region's start is in the region, even when the region starts the window
+            # (a proposal at the top of a file has an empty prefix); a whole new line typed there
+            # is a line above it
+            at_region_start = rel == 0 and removed == 0 and start == 0 and not inserted.endswith("\n")
+            if rel + removed <= 0 and not at_region_start:  # entirely before the window: it shifts
                 base += len(inserted) - removed
                 continue
             if rel < 0 or rel > len(window):  # straddles the window's start, or beyond its end
