@@ -13,12 +13,23 @@ Layout (``<lake>`` is ``lake.uri``)::
 Every partition is written to a staging folder and swapped into place with two renames, so a
 reader sees the previous complete partition or none, never half of one. Each partition folder
 carries ``_SUCCESS`` (Spark's committer) and, where a job writes one, ``_manifest.json``.
+
+Writers of one partition serialise on a lease, ``<table>/_leases/dt=D``, created with the
+filesystem's exclusive create: a second writer (a re-mine of D-1 beside the nightly run, a
+backfill, a manual ``echoctl``) waits for the first, then writes; a lease whose writer died
+(same host, process gone) or that is older than its timeout is taken over. Under the lease a
+writer cleans the debris of crashed writes of that partition only, and puts back the previous
+partition if a crash fell between the two renames of a swap.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import uuid
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,6 +42,15 @@ def table_uri(lake: str, *parts: str) -> str:
 
 def partition_uri(lake: str, table: str, dt: str) -> str:
     return table_uri(lake, table, f"dt={dt}")
+
+
+def _local_path(uri: str):
+    """The local path behind ``uri`` (a plain path or file:), else None."""
+    from pathlib import Path
+
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file:").removeprefix("//"))
+    return Path(uri) if uri.startswith("/") else None
 
 
 class _Fs:
@@ -59,8 +79,110 @@ class _Fs:
             stream.close()
 
     def delete_glob(self, pattern: str) -> None:
-        for status in self.fs.globStatus(self.Path(pattern)) or []:
-            self.fs.delete(status.getPath(), True)
+        for uri in self.glob(pattern):
+            self.delete(uri)
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(
+            str(status.getPath().toString()) for status in self.fs.globStatus(self.Path(pattern)) or []
+        )
+
+    def create_exclusive(self, uri: str, text: str) -> bool:
+        """Create ``uri`` holding ``text`` unless it exists: O_EXCL on a local disk (Hadoop's local
+        create checks, then creates), the filesystem's create-if-absent elsewhere (atomic on HDFS)."""
+        local = _local_path(uri)
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            return True
+        try:
+            stream = self.fs.create(self.Path(uri), False)
+        except Exception as exc:  # py4j wraps FileAlreadyExistsException
+            if "AlreadyExists" in str(exc) or self.exists(uri):
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def read_text(self, uri: str) -> str | None:
+        local = _local_path(uri)
+        if local is not None:
+            try:
+                return local.read_text(errors="replace")
+            except FileNotFoundError:
+                return None
+        try:
+            stream = self.fs.open(self.Path(uri))
+        except Exception:
+            return None  # gone meanwhile
+        try:
+            return bytes(stream.readAllBytes()).decode("utf-8", "replace")
+        finally:
+            stream.close()
+
+
+class PartitionBusy(RuntimeError):
+    """Another live writer holds the partition's lease for longer than this writer would wait."""
+
+
+LEASE_WAIT_S = 15 * 60  # how long a second writer waits for the first
+LEASE_STALE_S = 6 * 3600  # a lease this old is taken over even if its writer looks alive
+LEASE_POLL_S = 2.0
+
+
+def _lease_is_dead(lease: dict[str, Any]) -> bool:
+    if time.time() - float(lease.get("since", 0)) > LEASE_STALE_S:
+        return True
+    if lease.get("host") != socket.gethostname():
+        return False  # another machine's process: only the timeout can tell
+    try:
+        os.kill(int(lease.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
+
+
+@contextmanager
+def partition_lease(fs: _Fs, lake: str, table: str, dt: str, wait_s: float | None = None):
+    """Hold ``<table>/_leases/dt=D`` while writing the partition; see the module docstring."""
+    wait_s = LEASE_WAIT_S if wait_s is None else wait_s
+    uri = table_uri(lake, table, "_leases", f"dt={dt}")
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
+    deadline = time.monotonic() + wait_s
+    while not fs.create_exclusive(uri, json.dumps(mine)):
+        text = fs.read_text(uri)
+        try:
+            holder = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            holder = {"since": 0}  # a torn lease file: its writer died while creating it
+        if holder is None:
+            continue  # released meanwhile
+        if _lease_is_dead(holder):
+            fs.delete(uri)  # two takers may race here: exclusive create lets only one win
+            continue
+        if time.monotonic() > deadline:
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("since", 0))))
+            raise PartitionBusy(
+                f"{table} dt={dt} is being written by pid {holder.get('pid')} on {holder.get('host')} "
+                f"since {since} (lease {uri}); waited {wait_s:.0f} s. If that writer is gone, delete the lease."
+            )
+        time.sleep(LEASE_POLL_S)
+    try:
+        yield
+    finally:
+        text = fs.read_text(uri)
+        if text and mine["token"] in text:
+            fs.delete(uri)
 
 
 def write_partition(
@@ -73,27 +195,34 @@ def write_partition(
     manifest: dict[str, Any] | None = None,
     sort_within: list[str] | None = None,
     files: int | None = None,
+    lease: bool = True,
 ) -> str:
-    """Replace ``<lake>/<table>/dt=<dt>`` with ``df`` atomically; return the partition URI."""
+    """Replace ``<lake>/<table>/dt=<dt>`` with ``df`` atomically; return the partition URI.
+    ``lease=False`` when the caller already holds the partition's lease."""
     final = partition_uri(lake, table, dt)
     staging = table_uri(lake, table, "_staging", f"dt={dt}-{uuid.uuid4().hex[:12]}")
     trash = table_uri(lake, table, "_trash", f"dt={dt}-{uuid.uuid4().hex[:12]}")
     fs = _Fs(spark, final)
-    # debris of an earlier crashed write of this same partition (other dates may be writing now)
-    fs.delete_glob(table_uri(lake, table, "_staging", f"dt={dt}-*"))
-    fs.delete_glob(table_uri(lake, table, "_trash", f"dt={dt}-*"))
-    out = df.coalesce(files) if files else df
-    if sort_within:
-        out = out.sortWithinPartitions(*sort_within)
-    out.write.mode("overwrite").parquet(staging)
-    if manifest is not None:
-        fs.write_text(
-            f"{staging}/_manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str)
-        )
-    if fs.exists(final):
-        fs.rename(final, trash)
-    fs.rename(staging, final)
-    fs.delete(trash)
+    with partition_lease(fs, lake, table, dt) if lease else nullcontext():
+        # a crash between the two renames of an earlier swap left no partition: put the old one back
+        trashed = fs.glob(table_uri(lake, table, "_trash", f"dt={dt}-*"))
+        if trashed and not fs.exists(final):
+            fs.rename(trashed[-1], final)
+        # debris of crashed writes of this partition (no live writer: we hold its lease)
+        fs.delete_glob(table_uri(lake, table, "_staging", f"dt={dt}-*"))
+        fs.delete_glob(table_uri(lake, table, "_trash", f"dt={dt}-*"))
+        out = df.coalesce(files) if files else df
+        if sort_within:
+            out = out.sortWithinPartitions(*sort_within)
+        out.write.mode("overwrite").parquet(staging)
+        if manifest is not None:
+            fs.write_text(
+                f"{staging}/_manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str)
+            )
+        if fs.exists(final):
+            fs.rename(final, trash)
+        fs.rename(staging, final)
+        fs.delete(trash)
     return final
 
 
