@@ -77,20 +77,27 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
             f"{api}/dags/echo_nightly", method="PATCH", token=token, body={"is_paused": False}
         )
         assert status == 200 and body["is_paused"] is False
-        status, backfill = call(
-            f"{api}/backfills",
-            method="POST",
-            token=token,
-            body={
-                "dag_id": "echo_nightly",
-                "from_date": f"{DAYS[0]}T00:00:00Z",
-                "to_date": f"{DAYS[1]}T23:59:59Z",  # both 02:00 runs
-                "run_backwards": False,
-                "dag_run_conf": {},
-                "reprocess_behavior": "none",
-                "max_active_runs": 1,
-            },
-        )
+        # unpausing lets the scheduler create the latest scheduled run at the same moment; on
+        # Airflow's SQLite store the two writers can collide and the API answers 503 (transient,
+        # retryable), as it did once on 2026-11-25
+        for _attempt in range(5):
+            status, backfill = call(
+                f"{api}/backfills",
+                method="POST",
+                token=token,
+                body={
+                    "dag_id": "echo_nightly",
+                    "from_date": f"{DAYS[0]}T00:00:00Z",
+                    "to_date": f"{DAYS[1]}T23:59:59Z",  # both 02:00 runs
+                    "run_backwards": False,
+                    "dag_run_conf": {},
+                    "reprocess_behavior": "none",
+                    "max_active_runs": 1,
+                },
+            )
+            if status != 503:
+                break
+            time.sleep(3)
         assert status == 200, backfill
 
         deadline = time.monotonic() + 900
