@@ -233,18 +233,8 @@ def scrub(text: str | None, found_by: Counter | None = None) -> tuple[str | None
     counts: Counter = found_by if found_by is not None else Counter()
     before = sum(counts.values())
 
-    def replace_group(rule: str, group: str):
-        """Replace only ``group`` of each match (the value, not the name before it)."""
-
-        def replacement(match: re.Match[str]) -> str:
-            counts[rule] += 1
-            start, end = (i - match.start() for i in match.span(group))
-            return match.group(0)[:start] + SECRET + match.group(0)[end:]
-
-        return replacement
-
     def replace_if(rule: str, keep, replacement: str, group: int | str = 0):
-        """Replace ``group`` of each match unless ``keep(match)``."""
+        """Replace ``group`` of each match (the value, not the name before it) unless ``keep(match)``."""
 
         def replace(match: re.Match[str]) -> str:
             if keep(match):
@@ -263,8 +253,8 @@ def scrub(text: str | None, found_by: Counter | None = None) -> tuple[str | None
         text, n = pattern.subn(SECRET, text)
         if n:
             counts["provider_format"] += n
-    text = AUTH_HEADER.sub(replace_group("auth_header", "value"), text)
-    text = UNQUOTED_ASSIGNMENT.sub(replace_group("unquoted_assignment", "value"), text)
+    for rule, pattern in (("auth_header", AUTH_HEADER), ("unquoted_assignment", UNQUOTED_ASSIGNMENT)):
+        text = pattern.sub(replace_if(rule, lambda m: False, SECRET, "value"), text)
     detector = _keyword_detector()
     lines = text.split("\n")
     for i, line in enumerate(lines):
