@@ -128,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=32, help="--world: sessions to simulate")
     parser.add_argument("--window-steps", default="1,32", help="--world: prompt_window_step values")
     parser.add_argument(
+        "--drafts", default="0", help="--world: draft_tokens values tried with the cache (0 = no drafts)"
+    )
+    parser.add_argument("--step-tokens", type=int, default=32, help="--world: EngineSettings.step_tokens")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="--world: one run (first step, first drafts value, cache on) timing every model forward",
+    )
+    parser.add_argument(
         "--replay-calls", type=int, default=40, help="--world: engine calls replayed at bs 1/32"
     )
     args = parser.parse_args(argv)
@@ -281,12 +290,14 @@ def world_main(args) -> int:
     base = CompletionEngine.load(args.model)
     load_before = os.getloadavg()[0]
 
-    def engine(step: int, cache: bool, batch: int = 32) -> CompletionEngine:
+    def engine(step: int, cache: bool, batch: int = 32, drafts: int = 0) -> CompletionEngine:
         settings = EngineSettings(
             max_new_tokens=args.max_new_tokens,
             batch_size=batch,
             prompt_window_step=step,
             prefix_cache=cache,
+            draft_tokens=drafts,
+            step_tokens=args.step_tokens,
         )
         return CompletionEngine(base.model, base.tokenizer, settings, base.model_version)
 
@@ -301,8 +312,8 @@ def world_main(args) -> int:
             self.calls.append((list(prefixes), proposals))
             return proposals
 
-    def world(step: int, cache: bool) -> dict:
-        recording = Recording(engine(step, cache))
+    def world(step: int, cache: bool, drafts: int = 0) -> dict:
+        recording = Recording(engine(step, cache, drafts=drafts))
         start = time.perf_counter()
         results = run_sessions(specs, recording, behaviour, concurrency=cfg.world.concurrency)
         seconds = time.perf_counter() - start
@@ -311,6 +322,7 @@ def world_main(args) -> int:
         return {
             "step": step,
             "prefix_cache": cache,
+            "draft_tokens": drafts,
             "seconds": round(seconds, 2),
             "events": sum(len(r.events) for r in results),
             "events_per_s": round(sum(len(r.events) for r in results) / seconds, 1),
@@ -331,12 +343,19 @@ def world_main(args) -> int:
             x.text != y.text or abs(x.confidence - y.confidence) > 1e-5 for x, y in zip(pa, pb, strict=True)
         )
 
+    if args.profile:
+        return profile_world(args, specs, behaviour, cfg, engine)
+
     runs, mismatches = [], 0
+    draft_values = [int(k) for k in args.drafts.split(",") if k.strip()]
     for step in [int(k) for k in args.window_steps.split(",") if k.strip()]:
-        plain, cached = world(step, False), world(step, True)
-        cached["mismatches_vs_plain"] = differ(plain["_calls"], cached["_calls"])
-        mismatches += cached["mismatches_vs_plain"]
-        runs += [plain, cached]
+        plain = world(step, False)
+        runs.append(plain)
+        for drafts in draft_values:
+            other = world(step, True, drafts)
+            other["mismatches_vs_plain"] = differ(plain["_calls"], other["_calls"])
+            mismatches += other["mismatches_vs_plain"]
+            runs.append(other)
     today = runs[0]  # plain, the first step (1 = today's engine)
     for r in runs:
         r["events_ratio_vs_today"] = round(r["events_per_s"] / today["events_per_s"], 2)
@@ -345,7 +364,7 @@ def world_main(args) -> int:
     calls = [prefixes for prefixes, _ in runs[-1]["_calls"][: args.replay_calls]]
     replay = {}
     for batch in (1, 32):
-        eng = engine(runs[-1]["step"], True, batch)
+        eng = engine(runs[-1]["step"], True, batch, runs[-1]["draft_tokens"])
         start = time.perf_counter()
         for prefixes in calls:
             eng.complete(prefixes)
@@ -360,7 +379,12 @@ def world_main(args) -> int:
         "cpu_count": os.cpu_count(),
         "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "runs": runs,
-        "replay": {"step": runs[-1]["step"], "calls": len(calls), "requests": sum(map(len, calls))}
+        "replay": {
+            "step": runs[-1]["step"],
+            "draft_tokens": runs[-1]["draft_tokens"],
+            "calls": len(calls),
+            "requests": sum(map(len, calls)),
+        }
         | {f"completions_per_s_batch_{b}": v for b, v in replay.items()},
         "mismatches": mismatches,
     }
@@ -373,22 +397,92 @@ def world_main(args) -> int:
             f"1-min load {report['loadavg_1m_before_after']} (before, after)"
         )
         print(
-            f"{'step':>5} {'cache':>6} {'seconds':>8} {'events/s':>9} {'compl/s':>8} {'vs today':>9} {'reused':>7}"
+            f"{'step':>5} {'cache':>6} {'drafts':>6} {'seconds':>8} {'events/s':>9} {'compl/s':>8} {'vs today':>9} {'reused':>7}"
         )
         for r in runs:
             print(
-                f"{r['step']:>5} {'yes' if r['prefix_cache'] else 'no':>6} {r['seconds']:>8.1f} "
+                f"{r['step']:>5} {'yes' if r['prefix_cache'] else 'no':>6} {r['draft_tokens']:>6} {r['seconds']:>8.1f} "
                 f"{r['events_per_s']:>9.1f} {r['completions_per_s']:>8.1f} {r['events_ratio_vs_today']:>8.2f}x "
                 f"{r['reused_token_share']:>7.0%}"
             )
         rp = report["replay"]
         print(
-            f"replay of {rp['calls']} world calls ({rp['requests']} requests), cache on, step {rp['step']}: "
+            f"replay of {rp['calls']} world calls ({rp['requests']} requests), cache on, step {rp['step']}, "
+            f"drafts {rp['draft_tokens']}: "
             f"batch 1 {rp['completions_per_s_batch_1']} compl/s, batch 32 {rp['completions_per_s_batch_32']} "
             f"compl/s ({rp['completions_per_s_batch_32'] / rp['completions_per_s_batch_1']:.1f}x)"
         )
-        print("proposals identical, plain vs cached: " + ("yes" if mismatches == 0 else f"NO ({mismatches})"))
+        print(
+            "proposals identical to the plain engine's: "
+            + ("yes" if mismatches == 0 else f"NO ({mismatches})")
+        )
     return 0 if mismatches == 0 else 1
+
+
+def profile_world(args, specs, behaviour, cfg, engine) -> int:
+    """Where one world run's engine time goes: prompt prefill, decoding steps by rows left in the
+    batch, and the engine's own Python around the model."""
+    from collections import defaultdict
+
+    from echo_lib.world.simulate import run_sessions
+
+    step = int(args.window_steps.split(",")[0])
+    drafts = int(args.drafts.split(",")[0])
+    eng = engine(step, True, drafts=drafts)
+    forwards: list[tuple[bool, int, float]] = []  # (prefill?, rows, seconds)
+    model_forward, engine_prefill = eng.model.forward, eng._prefill
+    in_prefill = [False]
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        out = model_forward(*a, **kw)
+        forwards.append((in_prefill[0], kw["input_ids"].shape[0], time.perf_counter() - start))
+        return out
+
+    def prefill(*a, **kw):
+        in_prefill[0] = True
+        try:
+            return engine_prefill(*a, **kw)
+        finally:
+            in_prefill[0] = False
+
+    engine_seconds = [0.0]
+
+    class Timed:
+        model_version = eng.model_version
+
+        def complete(self, prefixes, suffixes=None):
+            start = time.perf_counter()
+            try:
+                return eng.complete(prefixes, suffixes)
+            finally:
+                engine_seconds[0] += time.perf_counter() - start
+
+    eng.model.forward, eng._prefill = timed, prefill
+    start = time.perf_counter()
+    try:
+        run_sessions(specs, Timed(), behaviour, concurrency=cfg.world.concurrency)
+    finally:
+        del eng.model.forward
+    total = time.perf_counter() - start
+    prefills = [f for f in forwards if f[0]]
+    buckets: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for _prefill, rows, seconds in (f for f in forwards if not f[0]):
+        key = "1-3" if rows <= 3 else "4-15" if rows <= 15 else "16-32"
+        buckets[key][0] += 1
+        buckets[key][1] += seconds
+    in_model = sum(f[2] for f in forwards)
+    print(
+        f"{len(specs)} sessions, step {step}, drafts {drafts}: world {total:.1f} s, engine {engine_seconds[0]:.1f} s"
+    )
+    print(f"{'part':<28} {'forwards':>9} {'seconds':>8} {'share of engine':>16} {'ms each':>8}")
+    parts = [("prefill (prompt tokens)", len(prefills), sum(f[2] for f in prefills))]
+    parts += [(f"decoding, {k} rows left", int(v[0]), v[1]) for k, v in sorted(buckets.items())]
+    parts += [("engine Python around the model", 0, engine_seconds[0] - in_model)]
+    for name, n, seconds in parts:
+        each = f"{1000 * seconds / n:.1f}" if n else "-"
+        print(f"{name:<28} {n:>9} {seconds:>8.1f} {seconds / engine_seconds[0]:>16.0%} {each:>8}")
+    return 0
 
 
 if __name__ == "__main__":

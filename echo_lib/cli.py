@@ -188,23 +188,36 @@ def _parse_date(value: str):
         raise fail(f"--date must be YYYY-MM-DD, got {value!r}", code=2) from None
 
 
-def _progress_bar(label: str):
+def _progress_bar(label: str, *extra: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(TextColumn(e) for e in extra),
+        TimeElapsedColumn(),
+        console=err_console,
     )
 
 
 def _run_world(label: str, fn, **kwargs):
     from echo_lib.engine import ModelLoadError
 
-    with _progress_bar(label) as bar:
-        task = bar.add_task(label, total=None)
+    with _progress_bar(
+        label, "sessions, {task.fields[events]:,} events, {task.fields[rate]} events/s"
+    ) as bar:
+        task = bar.add_task(label, total=None, events=0, rate="-")
+        events = [0]
+
+        def progress(sessions: int, new_events: int) -> None:
+            events[0] += new_events
+            elapsed = bar.tasks[task].elapsed or 0.0
+            rate = f"{events[0] / elapsed:,.0f}" if elapsed > 0 else "-"
+            bar.update(task, advance=sessions, events=events[0], rate=rate)
+
         try:
-            return fn(
-                on_plan=lambda n: bar.update(task, total=n), progress=lambda k: bar.advance(task, k), **kwargs
-            )
+            return fn(on_plan=lambda n: bar.update(task, total=n), progress=progress, **kwargs)
         except (ModelLoadError, ValueError, OSError) as exc:
             raise fail(str(exc)) from exc
 
@@ -318,7 +331,13 @@ def _spark_job(cfg, job: str, args: list[str], *, log_name: str, doing: str) -> 
 
     try:
         with console.status(f"{doing} on {cfg.spark.master} ..."):
-            return run_job(cfg, job, [*args, "--lake", cfg.lake_uri], log_name=log_name)
+            return run_job(
+                cfg,
+                job,
+                [*args, "--lake", cfg.lake_uri],
+                log_name=log_name,
+                progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+            )
     except JobFailed as exc:
         raise fail(str(exc)) from exc
 

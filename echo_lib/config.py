@@ -185,6 +185,18 @@ class EngineConfig(_Section):
     prefix_cache_mb: float = Field(
         256, ge=0, description="memory bound of the prefix cache, MiB (least recently used entries go first)"
     )
+    draft_tokens: int = Field(
+        8,
+        ge=0,
+        description="prompt-lookup draft tokens verified per decoding step (same proposals; fewer steps "
+        "when the code repeats itself); 0 decodes one token per step",
+    )
+    step_tokens: int = Field(
+        32,
+        gt=0,
+        description="drafts fill a decoding step only up to this many tokens (rows x width): on a CPU a "
+        "full batch is compute-bound and gains nothing from them; raise it on a GPU",
+    )
 
 
 class WorldConfig(_Section):

@@ -17,7 +17,14 @@ Decoding is an explicit loop rather than ``model.generate`` so that it can
 * reuse a recent prompt's KV cache (``prefix_cache``): a session's consecutive requests share almost
   all of their prompt, so only the tokens after the longest common token prefix with a cached
   prompt are run through the model. Reuse needs a prompt window whose start stays put while the
-  cursor moves; see :func:`truncate_prompt` and ``prompt_window_step``.
+  cursor moves; see :func:`truncate_prompt` and ``prompt_window_step``;
+* verify drafts (``draft_tokens``): code repeats itself, so the tokens that followed the last two
+  tokens the previous time they occurred (in the prompt or the proposal so far) are a cheap guess
+  at what comes next. A step feeds each row's guess after its last chosen token and keeps the
+  guessed tokens that greedy decoding picks anyway, plus the first token it picks instead, so the
+  proposals are those of one-token steps while late steps, when few rows are left, emit several
+  tokens each. Guesses only fill a step up to ``step_tokens`` tokens: on a CPU a full batch's
+  step is compute-bound and gains nothing from extra tokens.
 
 Importing this module is cheap: torch, transformers and mlflow are imported inside functions.
 """
@@ -67,6 +74,8 @@ class EngineSettings:
     prompt_window_step: int = 1  # see truncate_prompt: 1 = the last max_prompt_tokens tokens, as always
     prefix_cache: bool = False  # reuse recent prompts' KV caches (the plain decoder when False)
     prefix_cache_mb: float = 256  # memory bound of those caches; least recently used go first
+    draft_tokens: int = 0  # prompt-lookup drafts verified per step and row (0 = one token per step)
+    step_tokens: int = 32  # drafts only fill a step up to this many tokens (rows x width)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -85,6 +94,10 @@ class EngineSettings:
             raise ValueError(f"prompt_window_step must be >= 1, got {self.prompt_window_step}")
         if self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0, got {self.prefix_cache_mb}")
+        if self.draft_tokens < 0 or self.step_tokens < 1:
+            raise ValueError(
+                f"draft_tokens must be >= 0 and step_tokens >= 1, got {self.draft_tokens}, {self.step_tokens}"
+            )
 
     @property
     def line_limit(self) -> int:
@@ -308,6 +321,34 @@ class _PrefixStore:
 # --------------------------------------------------------------------------------------------
 
 
+class _Drafts:
+    """Prompt-lookup drafts: after each pair of tokens, where the token that followed it last time is.
+
+    ``draft(k)`` guesses the next ``k`` tokens of the sequence (prompt, then generated tokens) as
+    the ones that followed the previous occurrence of its last two tokens.
+    """
+
+    __slots__ = ("after", "seq")
+
+    def __init__(self, ids: Sequence[int]):
+        self.seq = list(ids)
+        seq = self.seq
+        self.after = {(seq[i - 2], seq[i - 1]): i for i in range(2, len(seq))}
+
+    def append(self, token: int) -> None:
+        seq = self.seq
+        if len(seq) >= 2:
+            self.after[(seq[-2], seq[-1])] = len(seq)
+        seq.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        seq = self.seq
+        if k <= 0 or len(seq) < 2:
+            return []
+        at = self.after.get((seq[-2], seq[-1]))
+        return [] if at is None else seq[at : at + k]
+
+
 @dataclass
 class _Row:
     """The decoding state of one request."""
@@ -318,6 +359,7 @@ class _Row:
     logprob: float = 0.0
     num_tokens: int = 0
     done: bool = False
+    drafts: _Drafts | None = None  # set when the engine verifies drafts
 
 
 class CompletionEngine:
@@ -462,14 +504,18 @@ class CompletionEngine:
         shown = self.active_policy.shows(prefix, text, confidence)
         return Proposal(text=text, confidence=confidence, shown=shown, num_tokens=row.num_tokens)
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache):
+    def _forward(self, input_ids, attention_mask, position_ids, cache, keep: int = 0):
+        """The model's logits at the last position ([rows, vocab]), or at the last ``keep``
+        positions ([rows, keep, vocab]), and the cache."""
         kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
         if self._logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = keep or 1
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if keep:
+            return out.logits[:, -keep:, :].float(), cache
         return out.logits[:, -1, :].float(), cache
 
     def _decode(self, batch: list[_Row]) -> None:
@@ -493,45 +539,87 @@ class CompletionEngine:
         self._generate(batch, logits, cache, mask, positions[:, -1])
 
     def _generate(self, active: list[_Row], logits, cache, mask, last_pos) -> None:
-        """The decoding loop, from the prompt's last logits and its (left-padded) cache."""
+        """The decoding loop, from the prompt's last logits and its (left-padded) cache.
+
+        Each step feeds every row its last chosen token, then (``draft_tokens``) its draft; the
+        step's logits are read position by position, and a row keeps going along its draft while
+        the token greedy decoding chooses is the drafted one. Unkept draft positions stay in the
+        cache, masked out, so rows of one batch may advance by different numbers of tokens.
+        """
         import torch
 
-        input_ids = None  # the chosen tokens, fed back from the second step on
-        for step in range(self.settings.max_new_tokens):
-            if step:
-                logits, cache = self._forward(input_ids, mask, last_pos.unsqueeze(1), cache)
+        settings = self.settings
+        if settings.draft_tokens:
+            for row in active:
+                row.drafts = _Drafts(row.prompt)
+        logits = logits.unsqueeze(1)  # [rows, positions fed, vocab]
+        drafts: list[list[int]] = [[] for _ in active]
+        next_pos, first = last_pos + 1, True  # where each row's next fed token goes
+        while True:
             if self._banned.numel():
-                logits.index_fill_(1, self._banned, float("-inf"))
+                logits.index_fill_(2, self._banned, float("-inf"))
             for i, row in enumerate(active):
-                if row.owed:
+                if row.owed:  # healing rows get no draft: only their first position is read
                     allowed = torch.tensor(
                         self.healing.allowed_ids(row.owed), dtype=torch.long, device=self.device
                     )
-                    keep = logits[i].index_select(0, allowed)
-                    logits[i].fill_(float("-inf"))
-                    logits[i].index_copy_(0, allowed, keep)
-            logprobs = torch.log_softmax(logits, dim=-1)
-            chosen_lp, chosen = logprobs.max(dim=-1)
-            chosen_list = chosen.tolist()
-            lp_list = chosen_lp.tolist()
+                    keep = logits[i, 0].index_select(0, allowed)
+                    logits[i, 0].fill_(float("-inf"))
+                    logits[i, 0].index_copy_(0, allowed, keep)
+            chosen_lp, chosen = torch.log_softmax(logits, dim=-1).max(dim=-1)
+            chosen_list, lp_list = chosen.tolist(), chosen_lp.tolist()
 
             still: list[int] = []
+            fed: list[int] = []  # per row still going: the last token chosen, fed next step
+            kept: list[int] = []  # per row still going: draft tokens kept this step
             for i, row in enumerate(active):
-                self._advance(row, chosen_list[i], lp_list[i])
+                draft = drafts[i]
+                j = 0
+                while True:
+                    token = chosen_list[i][j]
+                    self._advance(row, token, lp_list[i][j])
+                    if row.drafts is not None:
+                        row.drafts.append(token)
+                    if row.done or j >= len(draft) or token != draft[j]:
+                        break
+                    j += 1
                 if not row.done:
                     still.append(i)
+                    fed.append(token)
+                    kept.append(j)
+            if not still:
+                break
+            width = logits.shape[1]
+            if width > 1:  # draft positions a row did not keep: out of its attention from now on
+                block = mask[:, mask.shape[1] - width + 1 :]  # a view: writes go to mask
+                for n, i in enumerate(still):
+                    block[i, kept[n] :] = 0
             if len(still) < len(active):
-                if not still:
-                    break
                 keep_idx = torch.tensor(still, dtype=torch.long, device=self.device)
                 cache.batch_select_indices(keep_idx)
-                mask, last_pos, chosen = mask[keep_idx], last_pos[keep_idx], chosen[keep_idx]
+                mask, next_pos = mask[keep_idx], next_pos[keep_idx]
                 active = [active[i] for i in still]
-            input_ids = chosen.unsqueeze(1)
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            last_pos = last_pos + 1
+            if not first:  # the fed token and the kept draft tokens now sit before the next one
+                next_pos = next_pos + 1 + torch.tensor(kept, dtype=torch.long, device=self.device)
+            first = False
+
+            room = settings.step_tokens // len(active) - 1
+            k = min(settings.draft_tokens, room)
+            drafts = [[] if row.owed or row.drafts is None else row.drafts.draft(k) for row in active]
+            width = 1 + max(map(len, drafts))
+            input_ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
+            block = torch.zeros((len(active), width), dtype=torch.long)
+            for i, (token, draft) in enumerate(zip(fed, drafts, strict=True)):
+                input_ids[i, 0] = token
+                input_ids[i, 1 : 1 + len(draft)] = torch.tensor(draft, dtype=torch.long)
+                block[i, : 1 + len(draft)] = 1
+            input_ids, block = input_ids.to(self.device), block.to(self.device)
+            mask = torch.cat([mask, block], dim=1)
+            positions = next_pos.unsqueeze(1) + torch.arange(width, device=self.device)
+            logits, cache = self._forward(input_ids, mask, positions, cache, keep=width)
         for row in active:
             row.done = True
+            row.drafts = None
 
     def _decode_reusing(self, rows: list[_Row]) -> None:
         """Decode with the prefix store: prefill only what no cached prompt covers, then decode.

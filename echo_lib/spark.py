@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from echo_lib.config import EchoConfig
@@ -50,3 +53,35 @@ def get_session(cfg: EchoConfig, app_name: str, *, master: str | None = None) ->
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+@contextmanager
+def stage_progress(spark: SparkSession, say: Callable[[str], None], every_s: float = 5.0) -> Iterator[None]:
+    """While the block runs, say each active Spark stage's name and tasks done, at most every
+    ``every_s`` seconds and only when something moved (the console progress bar is off: it draws
+    over logs)."""
+    tracker = spark.sparkContext.statusTracker()
+    stop = threading.Event()
+    last: dict[int, int] = {}
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            try:
+                for stage_id in tracker.getActiveStageIds():
+                    info = tracker.getStageInfo(stage_id)
+                    if info is None or last.get(stage_id) == info.numCompletedTasks:
+                        continue
+                    last[stage_id] = info.numCompletedTasks
+                    say(
+                        f"spark stage {stage_id} ({info.name}): {info.numCompletedTasks}/{info.numTasks} tasks"
+                    )
+            except Exception:  # the context is stopping; progress is best effort
+                return
+
+    thread = threading.Thread(target=poll, name="echo-stage-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s + 1)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,12 @@ from echo_lib.config import EchoConfig
 from echo_lib.spark import spark_conf
 
 RESULT_PREFIX = "ECHO_RESULT "
+PROGRESS_PREFIX = "ECHO_PROGRESS "  # a job's progress line: passed on to the caller while it runs
+
+
+def say(message: str) -> None:
+    """What a job prints to report progress (see :func:`run_job`)."""
+    print(PROGRESS_PREFIX + message, flush=True)
 
 
 class JobFailed(RuntimeError):
@@ -35,20 +42,33 @@ def spark_submit_command(cfg: EchoConfig, job: str, args: list[str]) -> list[str
     return [*cmd, str(script), *args]
 
 
-def run_job(cfg: EchoConfig, job: str, args: list[str], *, log_name: str) -> dict[str, Any]:
-    """Submit ``jobs/<job>.py``; return the JSON result it prints; full output goes to a log."""
+def run_job(
+    cfg: EchoConfig,
+    job: str,
+    args: list[str],
+    *,
+    log_name: str,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Submit ``jobs/<job>.py``; return the JSON result it prints; full output goes to a log.
+
+    The job's progress lines (``ECHO_PROGRESS ...``) go to ``progress`` as they are printed."""
     log = cfg.var_path / "logs" / "spark" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **cfg.runtime_env(), "PYSPARK_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
     cmd = spark_submit_command(cfg, job, args)
+    results: list[str] = []
     with log.open("w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=out, text=True, check=False)
-        out.write(proc.stdout)
-    results = [
-        line[len(RESULT_PREFIX) :] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)
-    ]
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=out, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                if line.startswith(RESULT_PREFIX):
+                    results.append(line[len(RESULT_PREFIX) :])
+                elif line.startswith(PROGRESS_PREFIX) and progress:
+                    progress(line[len(PROGRESS_PREFIX) :].rstrip("\n"))
     if proc.returncode != 0 or not results:
         errors = [
             ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln or "Exception" in ln

@@ -255,12 +255,14 @@ def _mlflow_callback(job: TrainJob, tokens_per_step: int, counter: TokenCounter 
                     world = int(os.environ.get("WORLD_SIZE", 1))
                     metrics["loss_tokens_per_s"] = (counted[1] - self.last[4]) * world / elapsed
                     metrics["loss_token_share"] = (counted[1] - self.last[4]) / (counted[0] - self.last[3])
+            moved = step > self.last[1]
             self.last = (now, step, seen, *counted)
             self.history.append({"step": step, **metrics})
-            print(
-                progress_line(step, state.max_steps, metrics, now - self.started, step - self.start_step),
-                flush=True,
-            )
+            if moved:  # not the end-of-training summary logged at the same step
+                print(
+                    progress_line(step, state.max_steps, metrics, now - self.started, step - self.start_step),
+                    flush=True,
+                )
             if self.client is not None:
                 from mlflow.entities import Metric
 

@@ -40,12 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     from echo_lib import corpus
     from echo_lib.config import load_config
     from echo_lib.mining.dataset import run_build
-    from echo_lib.spark import get_session
+    from echo_lib.spark import get_session, stage_progress
+    from echo_lib.submit import say
 
     cfg = load_config().config
     spark = get_session(cfg, f"echo-build-dataset-{dates[-1]}")
     heldout = [f.text for f in corpus.scan(corpus.team_repos(cfg), cfg).select("heldout")]
-    manifest = run_build(spark, args.lake or cfg.lake_uri, dates, heldout, settings=cfg.dataset.model_dump())
+    with stage_progress(spark, say):
+        manifest = run_build(
+            spark, args.lake or cfg.lake_uri, dates, heldout, settings=cfg.dataset.model_dump(), say=say
+        )
     if not args.no_mlflow:
         from echo_lib.mining.dataset import log_manifest
 

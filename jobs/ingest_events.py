@@ -23,12 +23,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from echo_lib.config import load_config
     from echo_lib.mining.ingest import Limits, run_ingest
-    from echo_lib.spark import get_session
+    from echo_lib.spark import get_session, stage_progress
+    from echo_lib.submit import say
 
     cfg = load_config().config
     spark = get_session(cfg, f"echo-ingest-{args.date}")
     limits = Limits(cfg.ingest.max_line_bytes, cfg.ingest.max_file_bytes)
-    manifest = run_ingest(spark, args.lake or cfg.lake_uri, args.date, limits)
+    with stage_progress(spark, say):
+        manifest = run_ingest(spark, args.lake or cfg.lake_uri, args.date, limits)
+    say(
+        f"ingest {args.date}: {manifest['lines_read']:,} lines read = {manifest['valid']:,} valid + "
+        f"{manifest['quarantined']:,} quarantined; {manifest['written']:,} events written to bronze"
+    )
     print("ECHO_RESULT " + json.dumps(manifest))
 
 

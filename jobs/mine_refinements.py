@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     from echo_lib import lake as lake_io
     from echo_lib.config import load_config
     from echo_lib.mining.refinements import run_mine
-    from echo_lib.spark import get_session
+    from echo_lib.spark import get_session, stage_progress
+    from echo_lib.submit import say
 
     cfg = load_config().config
     lake = args.lake or cfg.lake_uri
@@ -40,7 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.if_present and not lake_io.is_complete(spark, lake, "bronze/events", args.date):
         print("ECHO_RESULT " + json.dumps({"dt": args.date, "skipped": "no bronze partition"}))
         return
-    manifest = run_mine(spark, lake, args.date, settle_s=args.settle_s)
+    with stage_progress(spark, say):
+        manifest = run_mine(spark, lake, args.date, settle_s=args.settle_s)
+    say(
+        f"mine {args.date}: {manifest['events']:,} events in {manifest['sessions']:,} sessions -> "
+        f"{manifest['refinements']:,} refinements, {sum(manifest['orphans'].values()):,} orphans quarantined"
+    )
     print("ECHO_RESULT " + json.dumps(manifest))
 
 

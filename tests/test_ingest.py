@@ -175,5 +175,19 @@ def test_echoctl_ingest_runs_the_job_with_spark_submit(lake: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads(proc.stdout.strip().splitlines()[-1])
     assert manifest["lines_read"] == manifest["valid"] + manifest["quarantined"]
+    # the job's row counts reach the user while it runs (stderr), not only its log
+    assert f"ingest 2026-11-24: {manifest['lines_read']:,} lines read = " in proc.stderr
     assert (lake / "bronze" / "events" / "dt=2026-11-24" / "_SUCCESS").is_file()
     assert (tmp_path / "var" / "logs" / "spark" / "ingest-2026-11-24.log").is_file()
+
+
+def test_stage_progress_names_running_stages_and_their_tasks(spark) -> None:
+    import re
+    import time
+
+    from echo_lib.spark import stage_progress
+
+    lines: list[str] = []
+    with stage_progress(spark, lines.append, every_s=0.05):
+        spark.sparkContext.parallelize(range(8), 4).map(lambda x: (time.sleep(0.25), x)[1]).count()
+    assert lines and all(re.fullmatch(r"spark stage \d+ \(.+\): [0-4]/4 tasks", line) for line in lines), lines

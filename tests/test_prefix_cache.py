@@ -117,6 +117,31 @@ def test_a_repeated_prompt_runs_one_token(base) -> None:
     assert all(w == 1 for w in widths[1:])
 
 
+@pytest.mark.parametrize(("draft_tokens", "cache"), [(4, False), (8, True)])
+def test_drafts_propose_what_the_plain_engine_does(base, world_calls, draft_tokens: int, cache: bool) -> None:
+    """Verifying drafts keeps exactly the tokens one-token steps choose, on real world traffic."""
+    plain = engine_with(base, batch_size=3)
+    # step_tokens far above the batch: every step carries drafts, kept or not
+    drafting = engine_with(base, draft_tokens=draft_tokens, step_tokens=256, prefix_cache=cache, batch_size=3)
+    widths: list[int] = []
+    handle = base.model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    forwards = {"plain": 0, "drafting": 0}
+    try:
+        for prefixes in world_calls[1][:30]:
+            before = len(widths)
+            expected = plain.complete(prefixes)
+            forwards["plain"] += len(widths) - before
+            before = len(widths)
+            assert_same(drafting.complete(prefixes), expected)
+            forwards["drafting"] += len(widths) - before
+    finally:
+        handle.remove()
+    assert draft_tokens + 1 in widths  # full drafts were fed (and, by the check above, verified)
+    assert forwards["drafting"] < forwards["plain"], forwards  # some drafts were kept
+
+
 @pytest.mark.parametrize("step", [1, 8, 32])
 def test_the_window_keeps_between_budget_minus_step_and_budget(step: int) -> None:
     rng = random.Random(step)

@@ -244,7 +244,7 @@ def test_reaction_rules() -> None:
 # --------------------------------------------------------------------------- days and delivery
 
 
-def run_day(real_files, sessions: int, seed: int, delivery: DeliveryParams):
+def run_day(real_files, sessions: int, seed: int, delivery: DeliveryParams, progress=None):
     rng = random.Random(seed)
     specs = plan_day(real_files, date(2026, 11, 24), sessions, seed, BehaviourParams(), delivery)
 
@@ -258,7 +258,7 @@ def run_day(real_files, sessions: int, seed: int, delivery: DeliveryParams):
                 out.append(oracle(text, rng)(type("R", (), {"prefix": prefix})()))
             return out
 
-    return specs, run_sessions(specs, Oracle(), BehaviourParams(), concurrency=8)
+    return specs, run_sessions(specs, Oracle(), BehaviourParams(), concurrency=8, progress=progress)
 
 
 def read_partition(folder: Path) -> list[dict]:
@@ -330,3 +330,17 @@ def test_acceptance_summary_counts(real_files) -> None:
     assert summary["accepted"] == sum(v for k, v in summary["outcomes"].items() if k.startswith("accept"))
     assert summary["ci_low"] <= summary["acceptance_rate"] <= summary["ci_high"]
     assert summary["shown"] == sum(t["shown"] for t in summary["by_trigger"].values())
+
+
+def test_progress_lines_report_sessions_and_events(real_files) -> None:
+    from echo_lib.world.runner import progress_lines
+
+    lines: list[str] = []
+    _, results = run_day(
+        real_files, 6, 3, DeliveryParams.none(), progress_lines(lines.append, "world", 6, every_s=0)
+    )
+    events = sum(len(r.events) for r in results)
+    assert len(lines) == 6 and lines[0].startswith("world: 1/6 sessions, ")
+    assert lines[-1].startswith(f"world: 6/6 sessions, {events:,} events, ") and lines[-1].endswith(
+        " events/s"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -217,9 +218,14 @@ def heldout_lines_frame(spark: SparkSession, texts: list[str]) -> DataFrame:
 
 
 def build(
-    spark: SparkSession, silver: DataFrame, heldout: DataFrame, settings: dict[str, Any]
+    spark: SparkSession,
+    silver: DataFrame,
+    heldout: DataFrame,
+    settings: dict[str, Any],
+    say: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, DataFrame], list[dict[str, Any]]]:
-    """Run the funnel; return the gold frames and the funnel (rows in/out of every step)."""
+    """Run the funnel; return the gold frames and the funnel (rows in/out of every step, also
+    told to ``say`` as each step is counted)."""
     steps = [
         ("settled", "no settled code (no snapshot, replay failed)", settled),
         (
@@ -263,6 +269,8 @@ def build(
                 "reason": reason,
             }
         )
+        if say:
+            say(f"build: {name}: {rows_in:,} -> {rows_out:,} rows")
         rows_in = rows_out
     final = split_column(current, validation_percent=settings["validation_percent"]).persist()
     funnel.append(
@@ -293,6 +301,7 @@ def run_build(
     *,
     settings: dict[str, Any] | None = None,
     out_dt: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build gold for ``dates`` (one or a window); write under ``out_dt`` (default: the last date)."""
     from echo_lib import lake as lake_io
@@ -303,7 +312,7 @@ def run_build(
         raise FileNotFoundError(f"no silver refinements for {', '.join(dates)}: run `echoctl mine` first")
     paths = [lake_io.partition_uri(lake, "silver/refinements", d) for d in present]
     silver = spark.read.parquet(*paths)
-    frames, funnel = build(spark, silver, heldout_lines_frame(spark, heldout_texts), settings)
+    frames, funnel = build(spark, silver, heldout_lines_frame(spark, heldout_texts), settings, say)
     out_dt = out_dt or dates[-1]
     manifest = {
         "dt": out_dt,
@@ -323,6 +332,8 @@ def run_build(
         lake_io.write_partition(
             spark, frame, lake, f"gold/{name}", out_dt, sort_within=["request_id"], files=1
         )
+        if say:
+            say(f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written")
     manifest_text = json.dumps(manifest, indent=2, sort_keys=True)
     manifest["sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
     lake_io.write_partition(

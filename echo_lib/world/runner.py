@@ -14,7 +14,26 @@ from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.simulate import acceptance_summary, per_session, plan_day, run_sessions
 
-Progress = Callable[[int], None]
+Progress = Callable[[int, int], None]  # (sessions finished, their events)
+
+
+def progress_lines(say: Callable[[str], None], label: str, total: int, every_s: float = 30.0) -> Progress:
+    """A world progress callback that says ``label: done/total sessions, events, events/s`` at most
+    every ``every_s`` seconds and when the last session ends (for logs, where a live bar cannot draw)."""
+    start = last = time.perf_counter()
+    counts = [0, 0]  # sessions, events
+
+    def progress(sessions: int, events: int) -> None:
+        nonlocal last
+        counts[0] += sessions
+        counts[1] += events
+        now = time.perf_counter()
+        if now - last >= every_s or counts[0] >= total:
+            last = now
+            rate = counts[1] / (now - start) if now > start else 0.0
+            say(f"{label}: {counts[0]}/{total} sessions, {counts[1]:,} events, {rate:,.0f} events/s")
+
+    return progress
 
 
 def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool = False):
@@ -33,6 +52,8 @@ def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool
         prompt_window_step=e.prompt_window_step,
         prefix_cache=e.prefix_cache,
         prefix_cache_mb=e.prefix_cache_mb,
+        draft_tokens=e.draft_tokens,
+        step_tokens=e.step_tokens,
     )
     return CompletionEngine.load(
         model_uri or registry.model_uri(cfg),

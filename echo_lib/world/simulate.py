@@ -111,9 +111,11 @@ def run_sessions(
     behaviour: BehaviourParams,
     *,
     concurrency: int = 64,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[SessionResult]:
-    """Run sessions concurrently (up to ``concurrency`` at once), batching their requests."""
+    """Run sessions concurrently (up to ``concurrency`` at once), batching their requests.
+
+    ``progress(sessions, events)`` is called as each session ends, with 1 and its event count."""
     results: dict[int, SessionResult] = {}
     queue = list(enumerate(specs))[::-1]
     active: dict[int, tuple[Any, Any]] = {}  # index -> (generator, pending request)
@@ -131,7 +133,7 @@ def run_sessions(
             results[index] = done.value
             active.pop(index, None)
             if progress:
-                progress(1)
+                progress(1, len(done.value.events))
             return
         active[index] = (generator, request)
 
