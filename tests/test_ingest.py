@@ -190,4 +190,6 @@ def test_stage_progress_names_running_stages_and_their_tasks(spark) -> None:
     lines: list[str] = []
     with stage_progress(spark, lines.append, every_s=0.05):
         spark.sparkContext.parallelize(range(8), 4).map(lambda x: (time.sleep(0.25), x)[1]).count()
-    assert lines and all(re.fullmatch(r"spark stage \d+ \(.+\): [0-4]/4 tasks", line) for line in lines), lines
+    assert lines and all(re.fullmatch(r"spark stage \d+ \(.+\): [0-4]/4 tasks", line) for line in lines), (
+        lines
+    )
