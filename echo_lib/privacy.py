@@ -178,6 +178,15 @@ def _keyword_detector():
 
 
 @functools.cache
+def _keyword_hint() -> re.Pattern[str]:
+    """Any of the keyword detector's words: each of its patterns needs one, so a line without one
+    cannot match and is not handed to it (most code lines; the detector's per-line cost dominated)."""
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    return re.compile("|".join(DENYLIST), re.IGNORECASE)
+
+
+@functools.cache
 def _entropy_plugins():
     from detect_secrets.plugins.high_entropy_strings import (
         Base64HighEntropyString,
@@ -255,16 +264,20 @@ def scrub(text: str | None, found_by: Counter | None = None) -> tuple[str | None
             counts["provider_format"] += n
     for rule, pattern in (("auth_header", AUTH_HEADER), ("unquoted_assignment", UNQUOTED_ASSIGNMENT)):
         text = pattern.sub(replace_if(rule, lambda m: False, SECRET, "value"), text)
-    detector = _keyword_detector()
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        for secret in detector.analyze_line(filename="code.py", line=line, line_number=i + 1):
-            value = secret.secret_value
-            if value and value in line and value != SECRET:
-                line = line.replace(value, SECRET)
-                counts["keyword"] += 1
-        lines[i] = line
-    text = "\n".join(lines)
+    hint = _keyword_hint()
+    if hint.search(text):
+        detector = _keyword_detector()
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if not hint.search(line):
+                continue
+            for secret in detector.analyze_line(filename="code.py", line=line, line_number=i + 1):
+                value = secret.secret_value
+                if value and value in line and value != SECRET:
+                    line = line.replace(value, SECRET)
+                    counts["keyword"] += 1
+            lines[i] = line
+        text = "\n".join(lines)
     text = QUOTED.sub(replace_if("high_entropy", lambda m: not looks_random(m.group(2)), SECRET, 2), text)
     text = EMAIL_RE.sub(
         replace_if("email", lambda m: m.group("tld").lower() not in GENERIC_TLDS, EMAIL), text

@@ -175,3 +175,21 @@ def test_caps_limit_one_developer(spark, silver: Path) -> None:
 def test_empty_window_fails_clearly(spark, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="echoctl mine"):
         run_build(spark, str(tmp_path), ["2026-01-01"], [])
+
+
+def test_near_dedupe_drops_the_later_copy_from_another_session_only(spark) -> None:
+    from echo_lib.mining.dataset import near_dedupe
+
+    body = "def load(path):\n    with open(path) as f:\n        data = json.load(f)\n    "
+    rows = [
+        row(0, session_id="s1", request_id="a", prefix=body, final="return data"),
+        row(1, session_id="s1", request_id="b", prefix=body + " ", final="return data"),  # same session
+        row(2, session_id="s3", request_id="c", prefix="class Other:\n    ", final="x = compute()"),
+        row(3, session_id="s2", request_id="d", prefix=body, final="return data "),  # another session
+        row(4, session_id="s4", request_id="e", prefix="", final="ok"),  # too short for a 5-gram
+    ]
+    df = spark.createDataFrame(
+        [{k: r[k] for k in ("session_id", "request_id", "prefix", "final", "shown_ts")} for r in rows]
+    )
+    kept = sorted(r["request_id"] for r in near_dedupe(df, threshold=0.2).collect())
+    assert kept == ["a", "b", "c", "e"]
