@@ -191,7 +191,9 @@ def duckdb_mine(lake: Path, out: Path) -> tuple[float, int]:
     return time.perf_counter() - start, rows
 
 
-def spark_pipeline(spark, lake: Path) -> dict[str, float]:
+def spark_pipeline(spark, lake: Path, steps: bool = False) -> dict[str, float]:
+    """Time the three stages; with ``steps``, say (on stderr) when each of the build's funnel steps
+    and gold writes finished, in seconds since the build began."""
     from echo_lib.mining.dataset import run_build
     from echo_lib.mining.ingest import run_ingest
     from echo_lib.mining.refinements import run_mine
@@ -204,7 +206,11 @@ def spark_pipeline(spark, lake: Path) -> dict[str, float]:
     mined = run_mine(spark, str(lake), DAY)
     times["mine"] = time.perf_counter() - start
     start = time.perf_counter()
-    run_build(spark, str(lake), [DAY], [])
+
+    def say(message: str) -> None:
+        print(f"{time.perf_counter() - start:7.1f} s  {message}", file=sys.stderr, flush=True)
+
+    run_build(spark, str(lake), [DAY], [], say=say if steps else None)
     times["build"] = time.perf_counter() - start
     times["lines"] = ingest["lines_read"]
     times["refinements"] = mined["refinements"]
@@ -225,6 +231,11 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "var" / "bench" / "mining"), help="scratch folder")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="say when each build step finished (stderr), to see where it goes",
+    )
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -247,7 +258,7 @@ def main() -> None:
             gen = time.perf_counter() - gen
             t_floor = floor(lake, work / f"floor-{n}")
             t_duck, duck_rows = duckdb_mine(lake, work / f"duck-{n}.parquet")
-            t = spark_pipeline(spark, lake)
+            t = spark_pipeline(spark, lake, args.steps)
             spark_mine = t["ingest"] + t["mine"]
             rows.append(
                 {

@@ -202,22 +202,36 @@ def _progress_bar(label: str, *extra: str):
 
 
 def _run_world(label: str, fn, **kwargs):
-    from echo_lib.engine import ModelLoadError
+    """Run a world function with progress: a live bar on a terminal; in a log, where a bar would
+    only be drawn once at the end, a line at most every 30 s."""
+    from contextlib import nullcontext
 
-    with _progress_bar(
-        label, "sessions, {task.fields[events]:,} events, {task.fields[rate]} events/s"
-    ) as bar:
-        task = bar.add_task(label, total=None, events=0, rate="-")
-        events = [0]
+    from echo_lib.engine import ModelLoadError
+    from echo_lib.world.runner import progress_lines
+
+    live = err_console.is_terminal
+    columns = "sessions, {task.fields[events]:,} events, {task.fields[rate]} events/s"
+    with _progress_bar(label, columns) if live else nullcontext() as bar:
+        task = bar.add_task(label, total=None, events=0, rate="-") if bar else None
+        events, lines = [0], []
+
+        def on_plan(sessions: int) -> None:
+            if bar:
+                bar.update(task, total=sessions)
+            else:
+                lines.append(progress_lines(lambda m: err_console.print(m, highlight=False), label, sessions))
 
         def progress(sessions: int, new_events: int) -> None:
+            if not bar:
+                lines[0](sessions, new_events)
+                return
             events[0] += new_events
             elapsed = bar.tasks[task].elapsed or 0.0
             rate = f"{events[0] / elapsed:,.0f}" if elapsed > 0 else "-"
             bar.update(task, advance=sessions, events=events[0], rate=rate)
 
         try:
-            return fn(on_plan=lambda n: bar.update(task, total=n), progress=progress, **kwargs)
+            return fn(on_plan=on_plan, progress=progress, **kwargs)
         except (ModelLoadError, ValueError, OSError) as exc:
             raise fail(str(exc)) from exc
 

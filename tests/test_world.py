@@ -344,3 +344,18 @@ def test_progress_lines_report_sessions_and_events(real_files) -> None:
     assert lines[-1].startswith(f"world: 6/6 sessions, {events:,} events, ") and lines[-1].endswith(
         " events/s"
     )
+
+
+def test_echoctl_world_progress_in_a_log_is_lines(real_files, capsys) -> None:
+    """Without a terminal (Airflow, CI, `make demo > log`), echoctl's world commands say lines."""
+    from echo_lib.cli import _run_world
+
+    def day(on_plan, progress):
+        specs, results = run_day(real_files, 3, 5, DeliveryParams.none())
+        on_plan(len(specs))
+        for r in results:
+            progress(1, len(r.events))
+        return sum(len(r.events) for r in results)
+
+    events = _run_world("simulating", day)
+    assert f"simulating: 3/3 sessions, {events:,} events, " in capsys.readouterr().err

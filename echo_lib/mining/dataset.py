@@ -201,15 +201,17 @@ def to_kto(df: DataFrame) -> DataFrame:
     return proposals.unionByName(kept)
 
 
-def content_hash(df: DataFrame) -> str:
-    """Order-independent SHA-256 of a dataset's rows (identical rows, identical hash)."""
+def content_hash(df: DataFrame) -> tuple[str, int]:
+    """(order-independent SHA-256 of a dataset's rows, number of rows): identical rows, identical
+    hash; one Spark job for both."""
     from pyspark.sql import functions as F
 
     row_hashes = df.select(F.sha2(F.to_json(F.struct(*sorted(df.columns))), 256).alias("h"))
     digest = hashlib.sha256()
-    for row in row_hashes.orderBy("h").collect():
+    rows = row_hashes.orderBy("h").collect()
+    for row in rows:
         digest.update(row["h"].encode())
-    return digest.hexdigest()
+    return digest.hexdigest(), len(rows)
 
 
 def heldout_lines_frame(spark: SparkSession, texts: list[str]) -> DataFrame:
@@ -324,9 +326,10 @@ def run_build(
     }
     for name, frame in frames.items():
         frame = frame.persist()
+        sha256, rows = content_hash(frame)
         manifest["datasets"][name] = {
-            "rows": frame.count(),
-            "sha256": content_hash(frame),
+            "rows": rows,
+            "sha256": sha256,
             "uri": lake_io.partition_uri(lake, f"gold/{name}", out_dt),
         }
         lake_io.write_partition(

@@ -306,13 +306,15 @@ def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_
     try:
         silver, orphans = mine(events, settle_s=settle_s)
         silver = silver.persist()
-        by_outcome = {
-            r["outcome"]: r["n"] for r in silver.groupBy("outcome").agg(F.count("*").alias("n")).collect()
-        }
-        by_source = {
-            str(r["final_source"]): r["n"]
-            for r in silver.groupBy("final_source").agg(F.count("*").alias("n")).collect()
-        }
+        # one aggregate per frame for every count of the manifest (each count() is a Spark job)
+        by_outcome: dict[str, int] = {}
+        by_source: dict[str, int] = {}
+        for r in silver.groupBy("outcome", "final_source").agg(F.count("*").alias("n")).collect():
+            by_outcome[r["outcome"]] = by_outcome.get(r["outcome"], 0) + r["n"]
+            by_source[str(r["final_source"])] = by_source.get(str(r["final_source"]), 0) + r["n"]
+        totals = events.agg(
+            F.count("*").alias("events"), F.countDistinct("session_id").alias("sessions")
+        ).first()
         by_orphan = {
             r["reason"]: r["n"] for r in orphans.groupBy("reason").agg(F.count("*").alias("n")).collect()
         }
@@ -321,8 +323,8 @@ def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_
             "bronze_partitions_read": [
                 d for d in dates if lake_io.is_complete(spark, lake, "bronze/events", d)
             ],
-            "sessions": events.select("session_id").distinct().count(),
-            "events": events.count(),
+            "sessions": totals["sessions"],
+            "events": totals["events"],
             "refinements": sum(by_outcome.values()),
             "by_outcome": {o: by_outcome.get(o, 0) for o in OUTCOMES},
             "final_source": dict(sorted(by_source.items())),
