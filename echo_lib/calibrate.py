@@ -41,7 +41,7 @@ from echo_lib.show_policy import (
 def canary(cfg: EchoConfig, model_uri: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """``model_uri`` on the calibration split with every proposal shown: one record per proposal
     (features, accepted, retained characters, session) and the number of requests."""
-    from echo_lib.world.runner import load_engine, measure_acceptance, progress_lines
+    from echo_lib.world.runner import ProgressLines, load_engine, measure_acceptance
     from echo_lib.world.simulate import retained_chars
 
     c = cfg.calibration
@@ -57,7 +57,8 @@ def canary(cfg: EchoConfig, model_uri: str, progress: Callable[[str], None] = pr
         seed=c.seed,
         log_to_mlflow=False,
         keep_results=True,
-        progress=progress_lines(progress, "canary", c.sessions),
+        on_plan=(lines := ProgressLines(progress, "canary")).plan,
+        progress=lines,
     )
     records = [
         {

@@ -145,7 +145,7 @@ def bootstrap(
             num_procs=num_procs,
             max_steps=max_steps,
             force=force,
-            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+            progress=_say_dim,
         )
     except (BootstrapError, CorpusError, ValueError) as exc:
         raise fail(f"bootstrap failed: {exc}") from exc
@@ -201,29 +201,37 @@ def _progress_bar(label: str, *extra: str):
     )
 
 
+def _say_dim(message: str) -> None:
+    """A progress line from a job or stage (escaped: a Spark stage name may hold rich markup)."""
+    from rich.markup import escape
+
+    err_console.print(f"[dim]{escape(message)}[/]", highlight=False)
+
+
 def _run_world(label: str, fn, **kwargs):
     """Run a world function with progress: a live bar on a terminal; in a log, where a bar would
     only be drawn once at the end, a line at most every 30 s."""
     from contextlib import nullcontext
 
     from echo_lib.engine import ModelLoadError
-    from echo_lib.world.runner import progress_lines
+    from echo_lib.world.runner import ProgressLines
 
     live = err_console.is_terminal
     columns = "sessions, {task.fields[events]:,} events, {task.fields[rate]} events/s"
     with _progress_bar(label, columns) if live else nullcontext() as bar:
         task = bar.add_task(label, total=None, events=0, rate="-") if bar else None
-        events, lines = [0], []
+        events = [0]
+        lines = ProgressLines(lambda m: err_console.print(m, highlight=False, markup=False), label)
 
         def on_plan(sessions: int) -> None:
             if bar:
                 bar.update(task, total=sessions)
             else:
-                lines.append(progress_lines(lambda m: err_console.print(m, highlight=False), label, sessions))
+                lines.plan(sessions)
 
         def progress(sessions: int, new_events: int) -> None:
             if not bar:
-                lines[0](sessions, new_events)
+                lines(sessions, new_events)
                 return
             events[0] += new_events
             elapsed = bar.tasks[task].elapsed or 0.0
@@ -350,7 +358,7 @@ def _spark_job(cfg, job: str, args: list[str], *, log_name: str, doing: str) -> 
                 job,
                 [*args, "--lake", cfg.lake_uri],
                 log_name=log_name,
-                progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+                progress=_say_dim,
             )
     except JobFailed as exc:
         raise fail(str(exc)) from exc
@@ -487,7 +495,7 @@ def train(
             resume=resume,
             control=control,
             baseline=baseline,
-            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+            progress=_say_dim,
         )
     except (TrainError, CorpusError, ValueError, FileNotFoundError) as exc:
         raise fail(f"train failed: {exc}") from exc
@@ -538,7 +546,7 @@ def evaluate(
             challenger=challenger,
             against=against,
             sessions=sessions,
-            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+            progress=_say_dim,
         )
     except (EvaluationError, ModelLoadError) as exc:
         raise fail(f"evaluate failed: {exc}") from exc
@@ -561,9 +569,7 @@ def calibrate(
 
     cfg = loaded(ctx).config
     try:
-        new = recalibrate(
-            cfg, version, against, progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False)
-        )
+        new = recalibrate(cfg, version, against, progress=_say_dim)
     except (ModelLoadError, ValueError) as exc:
         raise fail(f"calibrate failed: {exc}") from exc
     console.print(f"registered models:/{cfg.mlflow.registered_model}/{new} (weights of v{version})")
@@ -600,7 +606,7 @@ def compare(
             seed=seed,
             split=split,
             forgetting=forgetting,
-            progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+            progress=_say_dim,
         )
     except (EvaluationError, ModelLoadError, ValueError) as exc:
         raise fail(f"compare failed: {exc}") from exc

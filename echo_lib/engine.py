@@ -605,7 +605,12 @@ class CompletionEngine:
 
             room = settings.step_tokens // len(active) - 1
             k = min(settings.draft_tokens, room)
-            drafts = [[] if row.owed or row.drafts is None else row.drafts.draft(k) for row in active]
+            # a step emits at most its draft plus one token: no guesses past the token budget
+            budget = settings.max_new_tokens - 1
+            drafts = [
+                [] if row.owed or row.drafts is None else row.drafts.draft(min(k, budget - row.num_tokens))
+                for row in active
+            ]
             width = 1 + max(map(len, drafts))
             input_ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
             block = torch.zeros((len(active), width), dtype=torch.long)

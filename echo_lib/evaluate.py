@@ -261,7 +261,7 @@ def online_run(
     """A registered version's world run on ``sessions`` sessions of ``split``: measured once, then
     read from the cache (the world is deterministic given the model, sessions, seed and settings).
     Carries ``per_session`` counts and the shown proposals as ``refinements``."""
-    from echo_lib.world.runner import measure_acceptance, progress_lines
+    from echo_lib.world.runner import ProgressLines, measure_acceptance
 
     who = f"{label} v{mv.version}".strip()
     cache = _online_cache(cfg, mv, sessions, seed, engine, split)
@@ -277,7 +277,8 @@ def online_run(
         seed=seed,
         log_to_mlflow=False,
         keep_results=True,
-        progress=progress_lines(progress, who, sessions),
+        on_plan=(lines := ProgressLines(progress, who)).plan,
+        progress=lines,
     )
     online["refinements"] = heldout_refinements(online.pop("results"))
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -101,12 +101,10 @@ def gold_manifest(ds: str) -> dict[str, Any]:
 def simulate(ds: str) -> dict[str, Any]:
     from datetime import date
 
-    from echo_lib.world.runner import progress_lines, simulate_day
+    from echo_lib.world.runner import ProgressLines, simulate_day
 
-    cfg = _config()
-    # Airflow's task log shows the world's pace while it runs
-    progress = progress_lines(print, f"world {ds}", cfg.world.sessions)
-    summary = simulate_day(cfg, date.fromisoformat(ds), progress=progress)
+    lines = ProgressLines(print, f"world {ds}")  # Airflow's task log shows the world's pace
+    summary = simulate_day(_config(), date.fromisoformat(ds), on_plan=lines.plan, progress=lines)
     keep = (
         "date",
         "sessions",

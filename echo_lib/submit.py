@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ from echo_lib.spark import spark_conf
 
 RESULT_PREFIX = "ECHO_RESULT "
 PROGRESS_PREFIX = "ECHO_PROGRESS "  # a job's progress line: passed on to the caller while it runs
+_SAYING = threading.Lock()  # a stage poller thread and the job's own steps both say things
 
 
 def say(message: str) -> None:
-    """What a job prints to report progress (see :func:`run_job`)."""
-    print(PROGRESS_PREFIX + message, flush=True)
+    """What a job prints to report progress (see :func:`run_job`): one line, written whole."""
+    with _SAYING:
+        sys.stdout.write(PROGRESS_PREFIX + message.replace("\n", " ") + "\n")
+        sys.stdout.flush()
 
 
 class JobFailed(RuntimeError):
@@ -65,6 +69,7 @@ def run_job(
             assert proc.stdout is not None
             for line in proc.stdout:
                 out.write(line)
+                out.flush()  # keep the log in time order with the job's stderr
                 if line.startswith(RESULT_PREFIX):
                     results.append(line[len(RESULT_PREFIX) :])
                 elif line.startswith(PROGRESS_PREFIX) and progress:

@@ -333,12 +333,12 @@ def test_acceptance_summary_counts(real_files) -> None:
 
 
 def test_progress_lines_report_sessions_and_events(real_files) -> None:
-    from echo_lib.world.runner import progress_lines
+    from echo_lib.world.runner import ProgressLines
 
     lines: list[str] = []
-    _, results = run_day(
-        real_files, 6, 3, DeliveryParams.none(), progress_lines(lines.append, "world", 6, every_s=0)
-    )
+    reporter = ProgressLines(lines.append, "world", every_s=0)
+    reporter.plan(6)
+    _, results = run_day(real_files, 6, 3, DeliveryParams.none(), reporter)
     events = sum(len(r.events) for r in results)
     assert len(lines) == 6 and lines[0].startswith("world: 1/6 sessions, ")
     assert lines[-1].startswith(f"world: 6/6 sessions, {events:,} events, ") and lines[-1].endswith(

@@ -203,7 +203,7 @@ def to_kto(df: DataFrame) -> DataFrame:
 
 def content_hash(df: DataFrame) -> tuple[str, int]:
     """(order-independent SHA-256 of a dataset's rows, number of rows): identical rows, identical
-    hash; one Spark job for both."""
+    hash; the rows are counted from the collected hashes rather than by another job."""
     from pyspark.sql import functions as F
 
     row_hashes = df.select(F.sha2(F.to_json(F.struct(*sorted(df.columns))), 256).alias("h"))

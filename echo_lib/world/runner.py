@@ -17,23 +17,33 @@ from echo_lib.world.simulate import acceptance_summary, per_session, plan_day, r
 Progress = Callable[[int, int], None]  # (sessions finished, their events)
 
 
-def progress_lines(say: Callable[[str], None], label: str, total: int, every_s: float = 30.0) -> Progress:
-    """A world progress callback that says ``label: done/total sessions, events, events/s`` at most
-    every ``every_s`` seconds and when the last session ends (for logs, where a live bar cannot draw)."""
-    start = last = time.perf_counter()
-    counts = [0, 0]  # sessions, events
+class ProgressLines:
+    """World progress for logs, where a live bar cannot draw: ``label: done/total sessions,
+    events, events/s`` at most every ``every_s`` seconds and when the last session ends.
 
-    def progress(sessions: int, events: int) -> None:
-        nonlocal last
-        counts[0] += sessions
-        counts[1] += events
+    Pass ``plan`` as ``on_plan`` (the total is the sessions actually planned, and the clock starts
+    there, after the model has loaded) and the object itself as ``progress``.
+    """
+
+    def __init__(self, say: Callable[[str], None], label: str, every_s: float = 30.0):
+        self.say, self.label, self.every_s = say, label, every_s
+        self.total = self.sessions = self.events = 0
+        self.start = self.last = time.perf_counter()
+
+    def plan(self, total: int) -> None:
+        self.total = total
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, sessions: int, events: int) -> None:
+        self.sessions += sessions
+        self.events += events
         now = time.perf_counter()
-        if now - last >= every_s or counts[0] >= total:
-            last = now
-            rate = counts[1] / (now - start) if now > start else 0.0
-            say(f"{label}: {counts[0]}/{total} sessions, {counts[1]:,} events, {rate:,.0f} events/s")
-
-    return progress
+        if now - self.last >= self.every_s or self.sessions >= self.total:
+            self.last = now
+            rate = self.events / (now - self.start) if now > self.start else 0.0
+            self.say(
+                f"{self.label}: {self.sessions}/{self.total} sessions, {self.events:,} events, {rate:,.0f} events/s"
+            )
 
 
 def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool = False):
