@@ -48,6 +48,27 @@ def run_echoctl(var: Path, *args: str, timeout: float = 900, **extra: str):
     )
 
 
+def copy_var(src: Path, dst: Path) -> Path:
+    """A private copy of a var dir: the MLflow store records absolute artifact URIs, so a plain
+    copy would still write its artifacts (the champion's history among them) into ``src``."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    old, new = (src / "mlflow" / "artifacts").as_uri(), (dst / "mlflow" / "artifacts").as_uri()
+    con = sqlite3.connect(dst / "mlflow" / "mlflow.db")
+    with con:
+        for table, column in (
+            ("experiments", "artifact_location"),
+            ("runs", "artifact_uri"),
+            ("model_versions", "source"),
+            ("model_versions", "storage_location"),
+        ):
+            con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    con.close()
+    return dst
+
+
 @pytest.fixture(scope="session")
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real 2-rank tiny bootstrap for the whole session: var dir, result JSON."""

@@ -4,7 +4,6 @@ it, and the whole loop (world -> nightly -> train -> evaluate -> promote) with `
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from echo_lib.config import load_config
-from tests.conftest import run_echoctl
+from tests.conftest import copy_var, run_echoctl
 from tests.scripted import Oracle
 
 pytestmark = pytest.mark.integration
@@ -132,7 +131,7 @@ def test_the_whole_loop_as_dag_runs(bootstrapped: dict, tmp_path: Path) -> None:
     from echo_lib.gate import history
 
     var = tmp_path / "var"
-    shutil.copytree(bootstrapped["var"], var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    copy_var(bootstrapped["var"], var)
     settings = [
         "world.sessions=8",
         "world.acceptance_sessions=6",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from echo_lib.config import PromotionSettings, load_config
 from echo_lib.evaluate import EVAL_DIGEST_TAG, chrf, evaluation_digest, paired_gains, summary_metrics
 from echo_lib.gate import decide
-from tests.conftest import run_echoctl
+from tests.conftest import copy_var, run_echoctl
 
 
 def _metrics(
@@ -111,7 +110,7 @@ def registry_var(bootstrapped: dict, tmp_path: Path) -> Path:
     from echo_lib import registry
 
     var = tmp_path / "var"
-    shutil.copytree(bootstrapped["var"], var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    copy_var(bootstrapped["var"], var)
     cfg = load_config(overrides={"var_dir": str(var)}).config
     run_id = registry.version_by_alias(cfg, registry.CHAMPION).run_id
     client = registry.client(cfg)

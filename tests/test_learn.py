@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from echo_lib.config import load_config
-from tests.conftest import echoctl_env, run_echoctl
+from tests.conftest import copy_var, echoctl_env, run_echoctl
 
 GOLD_DT = "2026-11-20"
 
@@ -75,7 +75,7 @@ def write_gold(lake: Path, dt: str, n: int = 48, *, drop_column: str | None = No
 def gold_var(bootstrapped: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the bootstrapped var (tiny v1 champion) with one gold build."""
     var = tmp_path_factory.mktemp("learn") / "var"
-    shutil.copytree(bootstrapped["var"], var, ignore=shutil.ignore_patterns("checkpoints", "work"))
+    copy_var(bootstrapped["var"], var)
     write_gold(var / "lake", GOLD_DT)
     return var
 
