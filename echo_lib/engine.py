@@ -554,7 +554,9 @@ class CompletionEngine:
                 row.drafts = _Drafts(row.prompt)
         logits = logits.unsqueeze(1)  # [rows, positions fed, vocab]
         drafts: list[list[int]] = [[] for _ in active]
-        next_pos, first = last_pos + 1, True  # where each row's next fed token goes
+        # each row's position of the token fed last (at first the prompt's last token, which gave the
+        # first logits); moved on below to where the next fed token goes
+        next_pos = last_pos
         while True:
             if self._banned.numel():
                 logits.index_fill_(2, self._banned, float("-inf"))
@@ -599,9 +601,8 @@ class CompletionEngine:
                 cache.batch_select_indices(keep_idx)
                 mask, next_pos = mask[keep_idx], next_pos[keep_idx]
                 active = [active[i] for i in still]
-            if not first:  # the fed token and the kept draft tokens now sit before the next one
-                next_pos = next_pos + 1 + torch.tensor(kept, dtype=torch.long, device=self.device)
-            first = False
+            # the token fed last and the kept draft tokens now sit before the next one
+            next_pos = next_pos + 1 + torch.tensor(kept, dtype=torch.long, device=self.device)
 
             room = settings.step_tokens // len(active) - 1
             k = min(settings.draft_tokens, room)
