@@ -44,7 +44,7 @@ $(STAMP): $(LOCK) setup.cfg pyproject.toml scripts/ensure-java.sh
 	@touch $@
 
 demo: $(STAMP)
-	@$(BIN)/python -m echo_lib.demo
+	@$(BIN)/python -m echo_lib.ops.demo
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest

@@ -103,8 +103,8 @@ def build_random_model(sources: dict[str, str], vocab: int):
     import torch
     from transformers import LlamaForCausalLM
 
-    from echo_lib.presets import build_model_config, get_preset
-    from echo_lib.tokenizer import train_tokenizer
+    from echo_lib.agent.presets import build_model_config, get_preset
+    from echo_lib.agent.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(list(sources.values()), vocab)
     torch.manual_seed(0)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from echo_lib.engine import CompletionEngine, EngineSettings
+    from echo_lib.agent.engine import CompletionEngine, EngineSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -266,8 +266,8 @@ def world_main(args) -> int:
     """Plain and prefix-cache engines on the same world sessions, in this process."""
     import torch
 
-    from echo_lib.config import load_config
-    from echo_lib.engine import CompletionEngine, EngineSettings
+    from echo_lib.agent.engine import CompletionEngine, EngineSettings
+    from echo_lib.core.config import load_config
     from echo_lib.world.behaviour import BehaviourParams
     from echo_lib.world.delivery import DeliveryParams
     from echo_lib.world.runner import world_files

@@ -42,7 +42,7 @@ class Oracle:
         self.texts, self.rng = texts, random.Random(seed)
 
     def complete(self, prefixes, suffixes=None):
-        from echo_lib.engine import Proposal
+        from echo_lib.agent.engine import Proposal
 
         out = []
         for prefix, suffix in zip(prefixes, suffixes, strict=True):
@@ -57,8 +57,8 @@ class Oracle:
 
 def make_partition(lake: Path, n_events: int, seed: int = 0) -> int:
     """Write ``n_events`` (about) into raw/events/dt=DAY; return the exact number of lines."""
-    from echo_lib import corpus
-    from echo_lib.config import load_config
+    from echo_lib.core.config import load_config
+    from echo_lib.world import corpus
     from echo_lib.world.behaviour import BehaviourParams
     from echo_lib.world.delivery import DeliveryParams, arrivals
     from echo_lib.world.simulate import plan_day, run_sessions
@@ -241,8 +241,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.work)
 
-    from echo_lib.config import load_config
-    from echo_lib.spark import get_session
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import get_session
 
     start = time.perf_counter()
     cfg = load_config(overrides={"spark.shuffle_partitions": 8}).config

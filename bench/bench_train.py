@@ -5,7 +5,7 @@
 Both sides, one after another in one run, on one process with the same torch threads:
 
 * plain:  a hand-written loop (AdamW, bf16 autocast, cosine-free constant LR, grad clipping);
-* deepspeed ZeRO-0 and ZeRO-2: ``echo_lib.train`` under the ``deepspeed`` launcher (HF Trainer +
+* deepspeed ZeRO-0 and ZeRO-2: ``echo_lib.training.rank`` under the ``deepspeed`` launcher (HF Trainer +
   DeepSpeed engine), the path every Echo training job takes.
 
 Throughput is taken from logging windows after the first (the first pays for start-up: op loading,
@@ -29,11 +29,11 @@ WINDOW = 10  # steps per measured window
 
 
 def prepare(work: Path, preset_name: str) -> tuple[Path, Path]:
-    from echo_lib import corpus
-    from echo_lib.bootstrap import pack_blocks, training_texts
-    from echo_lib.config import load_config
-    from echo_lib.presets import get_preset
-    from echo_lib.tokenizer import train_tokenizer
+    from echo_lib.agent.presets import get_preset
+    from echo_lib.agent.tokenizer import train_tokenizer
+    from echo_lib.core.config import load_config
+    from echo_lib.training.bootstrap import pack_blocks, training_texts
+    from echo_lib.world import corpus
 
     cfg = load_config().config
     preset = get_preset(preset_name)
@@ -50,8 +50,8 @@ def plain_loop(blocks_path: Path, tokenizer_path: Path, preset_name: str, steps:
     import torch
     from transformers import LlamaForCausalLM, set_seed
 
-    from echo_lib.presets import build_model_config, get_preset
-    from echo_lib.tokenizer import load_tokenizer
+    from echo_lib.agent.presets import build_model_config, get_preset
+    from echo_lib.agent.tokenizer import load_tokenizer
 
     torch.set_num_threads(threads)
     set_seed(0)
@@ -81,10 +81,10 @@ def plain_loop(blocks_path: Path, tokenizer_path: Path, preset_name: str, steps:
 def deepspeed_path(
     blocks_path: Path, tokenizer_path: Path, preset_name: str, steps: int, threads: int, zero: int, work: Path
 ) -> dict:
-    from echo_lib.config import load_config
-    from echo_lib.launch import launch
-    from echo_lib.presets import get_preset
-    from echo_lib.train import TrainJob
+    from echo_lib.agent.presets import get_preset
+    from echo_lib.core.config import load_config
+    from echo_lib.training.launch import launch
+    from echo_lib.training.rank import TrainJob
 
     preset = get_preset(preset_name)
     cfg = load_config(overrides={"train.torch_threads": threads, "train.zero_stage": zero}).config

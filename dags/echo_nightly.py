@@ -22,7 +22,7 @@ from __future__ import annotations
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DAG_KWARGS, GOLD, JOBS, env_setting, gold_manifest, raw_ready
+from echo_lib.ops.orchestration import DAG_KWARGS, GOLD, JOBS, dag_setting, gold_manifest, raw_ready
 
 PREVIOUS_DAY = "{{ macros.ds_add(ds, -1) }}"
 
@@ -34,13 +34,13 @@ def spark_job(task_id: str, job: str, args: list[str]) -> SparkSubmitOperator:
         application_args=args,
         conn_id="echo_spark",
         name=f"echo-{task_id}-{{{{ ds }}}}",
-        driver_memory=env_setting("ECHO_SPARK__DRIVER_MEMORY", "4g"),
+        driver_memory=dag_setting("spark.driver_memory"),
     )
 
 
 @dag(
     dag_id="echo_nightly",
-    schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
+    schedule=dag_setting("airflow.nightly_cron"),
     **DAG_KWARGS,
     doc_md=__doc__,
     tags=["echo", "data"],
@@ -48,7 +48,7 @@ def spark_job(task_id: str, job: str, args: list[str]) -> SparkSubmitOperator:
 def echo_nightly():
     @task.sensor(
         poke_interval=60,
-        timeout=int(env_setting("ECHO_AIRFLOW__RAW_WAIT_TIMEOUT_S", "21600")),
+        timeout=dag_setting("airflow.raw_wait_timeout_s"),
         mode="reschedule",
     )
     def wait_for_raw(ds=None) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DAG_KWARGS, GOLD
+from echo_lib.ops.orchestration import DAG_KWARGS, GOLD
 
 
 @dag(
@@ -31,13 +31,13 @@ from echo_lib.orchestration import DAG_KWARGS, GOLD
 def echo_train():
     @task(retries=1)
     def train() -> dict:
-        from echo_lib import orchestration
+        from echo_lib.ops import orchestration
 
         return orchestration.train()
 
     @task
     def evaluate(trained: dict) -> dict:
-        from echo_lib import orchestration
+        from echo_lib.ops import orchestration
 
         return orchestration.evaluate(trained["version"])
 
@@ -45,7 +45,7 @@ def echo_train():
     def promote(evaluation: dict, run_id=None) -> dict:
         import os
 
-        from echo_lib import orchestration
+        from echo_lib.ops import orchestration
 
         os.environ["ECHO_ACTOR"] = f"airflow:echo_train/{run_id}"
         return orchestration.promote(evaluation["challenger_version"])

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from echo_lib.orchestration import DAG_KWARGS, env_setting
+from echo_lib.ops.orchestration import DAG_KWARGS, dag_setting
 
-if env_setting("ECHO_AIRFLOW__WORLD_DAG", "true").lower() == "true":
+if dag_setting("airflow.world_dag"):
 
     @dag(
         dag_id="echo_world",
-        schedule=env_setting("ECHO_AIRFLOW__NIGHTLY_CRON", "0 2 * * *"),
+        schedule=dag_setting("airflow.nightly_cron"),
         **DAG_KWARGS,
         doc_md=__doc__,
         tags=["echo", "world", "demo"],
@@ -27,7 +27,7 @@ if env_setting("ECHO_AIRFLOW__WORLD_DAG", "true").lower() == "true":
     def echo_world():
         @task
         def simulate(ds=None) -> dict:
-            from echo_lib import orchestration
+            from echo_lib.ops import orchestration
 
             return orchestration.simulate(ds)
 

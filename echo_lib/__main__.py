@@ -1,3 +1,3 @@
-from echo_lib.cli import app
+from echo_lib.ops.cli import app
 
 app(prog_name="echoctl")

@@ -37,19 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --date, or --from and --to")
     dates = [args.date] if args.date else window(args.start, args.end)
 
-    from echo_lib import corpus
-    from echo_lib.config import load_config
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import get_session, stage_progress
     from echo_lib.mining.dataset import run_build
-    from echo_lib.spark import get_session, stage_progress
-    from echo_lib.submit import say
+    from echo_lib.ops.submit import say
+    from echo_lib.world import corpus
 
     cfg = load_config().config
     spark = get_session(cfg, f"echo-build-dataset-{dates[-1]}")
     heldout = [f.text for f in corpus.scan(corpus.team_repos(cfg), cfg).select("heldout")]
     with stage_progress(spark, say):
-        manifest = run_build(
-            spark, args.lake or cfg.lake_uri, dates, heldout, settings=cfg.dataset.model_dump(), say=say
-        )
+        manifest = run_build(spark, args.lake or cfg.lake_uri, dates, heldout, settings=cfg.dataset, say=say)
     if not args.no_mlflow:
         from echo_lib.mining.dataset import log_manifest
 

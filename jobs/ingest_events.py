@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lake", help="lake URI (default: lake.uri from config)")
     args = parser.parse_args(argv)
 
-    from echo_lib.config import load_config
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import get_session, stage_progress
     from echo_lib.mining.ingest import Limits, run_ingest
-    from echo_lib.spark import get_session, stage_progress
-    from echo_lib.submit import say
+    from echo_lib.ops.submit import say
 
     cfg = load_config().config
     spark = get_session(cfg, f"echo-ingest-{args.date}")

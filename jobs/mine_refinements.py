@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from echo_lib import lake as lake_io
-    from echo_lib.config import load_config
+    from echo_lib.core import lake as lake_io
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import get_session, stage_progress
     from echo_lib.mining.refinements import run_mine
-    from echo_lib.spark import get_session, stage_progress
-    from echo_lib.submit import say
+    from echo_lib.ops.submit import say
 
     cfg = load_config().config
     lake = args.lake or cfg.lake_uri

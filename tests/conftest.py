@@ -83,8 +83,8 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def spark():
     """One local[1] SparkSession for the whole test run (starting one costs seconds)."""
-    from echo_lib.config import load_config
-    from echo_lib.spark import get_session
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import get_session
 
     cfg = load_config(overrides={"spark.shuffle_partitions": 2, "spark.driver_memory": "2g"}).config
     session = get_session(cfg, "echo-tests", master="local[1]")

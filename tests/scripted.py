@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from echo_lib.engine import Proposal
+from echo_lib.agent.engine import Proposal
 
 
 def proposal(text: str, confidence: float = 0.9, shown: bool = True) -> Proposal:

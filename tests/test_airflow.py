@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.config import load_config
+from echo_lib.core.config import load_config
 from tests.conftest import copy_var, run_echoctl
 from tests.scripted import Oracle
 
@@ -43,9 +43,9 @@ def call(url: str, *, method: str = "GET", body: dict | None = None, token: str 
 
 
 def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
-    from echo_lib import airflow_services as services
-    from echo_lib.launch import free_port
-    from echo_lib.learn import gold_dates, read_manifest
+    from echo_lib.core.lake import gold_dates, read_manifest
+    from echo_lib.ops import airflow_services as services
+    from echo_lib.training.launch import free_port
 
     cfg = load_config(
         overrides={
@@ -114,7 +114,7 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
     assert services.status(cfg)["components"] == {}
 
     assert set(DAYS) <= set(gold_dates(cfg.lake_uri))
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     client = registry.client(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -127,8 +127,8 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
 
 def test_the_whole_loop_as_dag_runs(bootstrapped: dict, tmp_path: Path) -> None:
     """world -> nightly -> train -> evaluate -> promote on the tiny preset, through ``dags test``."""
-    from echo_lib import registry
-    from echo_lib.gate import history
+    from echo_lib.core import registry
+    from echo_lib.core.registry import history
 
     var = tmp_path / "var"
     copy_var(bootstrapped["var"], var)

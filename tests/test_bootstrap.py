@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.config import load_config
+from echo_lib.core.config import load_config
 from tests.conftest import run_echoctl
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_two_rank_bootstrap_trains_and_ranks_agree(bootstrapped: dict) -> None:
 
 
 def test_one_mlflow_run_and_champion_alias(bootstrapped: dict) -> None:
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     cfg = _cfg(bootstrapped["var"])
     client = registry.client(cfg)
@@ -55,7 +55,7 @@ def test_one_mlflow_run_and_champion_alias(bootstrapped: dict) -> None:
 
 
 def test_champion_loads_by_alias_and_generates(bootstrapped: dict) -> None:
-    from echo_lib.engine import CompletionEngine, EngineSettings
+    from echo_lib.agent.engine import CompletionEngine, EngineSettings
 
     cfg = _cfg(bootstrapped["var"])
     engine = CompletionEngine.load(
@@ -76,7 +76,7 @@ def test_rerun_with_a_champion_is_a_no_op(bootstrapped: dict) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {**result, "status": "exists", "version": "1"}
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     cfg = _cfg(bootstrapped["var"])
     client = registry.client(cfg)
@@ -91,7 +91,7 @@ def test_failed_training_registers_nothing(tmp_path: Path) -> None:
     [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "bootstrap failed" in error and "max_steps must be positive" in error
 
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     cfg = _cfg(var)
     assert registry.version_by_alias(cfg, registry.CHAMPION) is None
@@ -115,9 +115,9 @@ def test_bootstrap_starts_from_a_checkpoint_with_from_pretrained(tmp_path: Path)
     import torch
     from transformers import LlamaForCausalLM
 
-    from echo_lib.presets import build_model_config, get_preset
-    from echo_lib.tokenizer import train_tokenizer
-    from echo_lib.train import param_digest
+    from echo_lib.agent.presets import build_model_config, get_preset
+    from echo_lib.agent.tokenizer import train_tokenizer
+    from echo_lib.training.rank import param_digest
 
     tokenizer = train_tokenizer([inspect.getsource(json_module.decoder)] * 4, vocab_size=300)
     torch.manual_seed(7)
@@ -143,7 +143,7 @@ def test_bootstrap_starts_from_a_checkpoint_with_from_pretrained(tmp_path: Path)
     reports = _reports(var, result["run_id"])
     assert reports[0]["initial_digest"] == param_digest(model)  # training started from those weights
     assert reports[0]["final_digest"] != reports[0]["initial_digest"]
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     version = registry.version_by_alias(_cfg(var), registry.CHAMPION)
     assert version.tags["echo.base_model"] == str(checkpoint)

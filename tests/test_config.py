@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from echo_lib.cli import app
-from echo_lib.config import ConfigError, effective_items, load_config, parse_overrides
+from echo_lib.core.config import ConfigError, effective_items, load_config, parse_overrides
+from echo_lib.ops.cli import app
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:

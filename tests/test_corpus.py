@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib import corpus
-from echo_lib.config import load_config
+from echo_lib.core.config import load_config
+from echo_lib.world import corpus
 
 
 def test_path_bucket_is_a_fixed_function_of_repo_and_path() -> None:
@@ -92,7 +92,7 @@ def test_public_code_reserves_a_slice_never_trained_on(tmp_path: Path) -> None:
     scan = corpus.scan(corpus.public_repos(cfg), cfg)
     reserved = scan.select("reserved")
     assert 0 < len(reserved) < 20  # 2 percent of 300, give or take
-    from echo_lib.bootstrap import training_texts
+    from echo_lib.training.bootstrap import training_texts
 
     assert len(training_texts(scan, 10**9)) == 300 - len(reserved)
 

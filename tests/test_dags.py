@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.config import load_config
+from echo_lib.core.config import load_config
 from tests.conftest import REPO
 
 # Parse the DAG folder the way the dag-processor does, counting SQL statements and heavy modules.
@@ -39,7 +39,7 @@ print(json.dumps({"dags": dags, "errors": bag.import_errors, "sql": statements, 
 
 
 def parse(tmp_path: Path, **env: str) -> dict:
-    from echo_lib.airflow_services import environment
+    from echo_lib.ops.airflow_services import environment
 
     cfg = load_config(overrides={"var_dir": str(tmp_path / "var")}).config
     full = {**environment(cfg), **env}

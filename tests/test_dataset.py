@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.mining.dataset import DEFAULT_SETTINGS, run_build
-from echo_lib.privacy import scrub
+from echo_lib.core.config import DatasetSettings
+from echo_lib.mining.dataset import GOLD_SCHEMAS, run_build
+from echo_lib.mining.privacy import scrub
+from echo_lib.mining.refinements import SILVER_SCHEMA
 
 SECRETS = {
     "aws": "AKIAIOSFODNN7EXAMPLE",
@@ -67,18 +69,11 @@ def row(i: int, **overrides) -> dict:
 
 
 def write_silver(spark, lake: Path, rows: list[dict]) -> None:
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
     df = spark.createDataFrame(
         rows,
-        schema=(
-            "session_id string, request_id string, user_id string, repo_id string, doc_id string, model_version string, "
-            "trigger string, offset long, prefix string, suffix string, proposal string, confidence double, "
-            "latency_ms long, shown_ts timestamp, reaction string, accepted_len long, reject_reason string, "
-            "reaction_ts timestamp, time_to_react_ms double, final string, final_source string, outcome string, "
-            "edit_distance int, similarity double, snapshot_age_s long, shown_event_id string, "
-            "reaction_event_id string, snapshot_event_id string"
-        ),
+        schema=SILVER_SCHEMA,
     )
     lake_io.write_partition(spark, df, str(lake), "silver/refinements", "2026-11-24")
 
@@ -129,8 +124,11 @@ def test_gold_has_no_secrets_and_the_funnel_reconciles(spark, silver: Path) -> N
     heldout = [
         "class Cache:\n    def get(self, key, default=None):\n        return self._cache.get(key, default)\n"
     ]
-    settings = {**DEFAULT_SETTINGS, "opt_out_users": ["opted-out-user"]}
+    settings = DatasetSettings(opt_out_users=["opted-out-user"])
     m = run_build(spark, str(silver), ["2026-11-24"], heldout, settings=settings)
+    for table, expected in GOLD_SCHEMAS.items():
+        written = spark.read.parquet(str(silver / "gold" / table / "dt=2026-11-24")).schema
+        assert [(f.name, f.dataType) for f in written] == [(f.name, f.dataType) for f in expected], table
     text = gold_text(spark, silver)
     for name, secret in SECRETS.items():
         assert secret not in text, f"{name} secret reached gold"
@@ -166,7 +164,7 @@ def test_rebuild_is_identical(spark, silver: Path) -> None:
 
 
 def test_caps_limit_one_developer(spark, silver: Path) -> None:
-    settings = {**DEFAULT_SETTINGS, "cap_per_user": 5, "opt_out_users": ["opted-out-user"]}
+    settings = DatasetSettings(cap_per_user=5, opt_out_users=["opted-out-user"])
     m = run_build(spark, str(silver), ["2026-11-24"], [], settings=settings)
     capped = next(s for s in m["funnel"] if s["step"] == "capped")
     assert capped["rows_out"] == 3 * 5  # three developers (u0, u1, u2), five rows each

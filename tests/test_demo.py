@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from echo_lib import demo
+from echo_lib.ops import demo
 
 
 def test_round_table_shows_acceptance_and_what_users_got(monkeypatch) -> None:

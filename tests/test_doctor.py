@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.config import load_config
-from echo_lib.doctor import CHECKS, check_java, run_checks
+from echo_lib.core.config import load_config
+from echo_lib.ops.doctor import CHECKS, check_java, run_checks
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.engine import (
+from echo_lib.agent.engine import (
     CompletionEngine,
     EngineSettings,
     HealingIndex,
@@ -63,8 +63,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from transformers import LlamaForCausalLM
 
-    from echo_lib.presets import build_model_config, get_preset
-    from echo_lib.tokenizer import train_tokenizer
+    from echo_lib.agent.presets import build_model_config, get_preset
+    from echo_lib.agent.tokenizer import train_tokenizer
 
     tok = train_tokenizer(SOURCES, 512)
     torch.manual_seed(0)
@@ -187,9 +187,7 @@ def test_suffixes_are_accepted_and_ignored(engine: CompletionEngine) -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = (
-        "import sys, echo_lib.engine; print(sorted({'torch', 'transformers', 'mlflow'} & set(sys.modules)))"
-    )
+    code = "import sys, echo_lib.agent.engine; print(sorted({'torch', 'transformers', 'mlflow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -241,6 +239,22 @@ def test_healing_first_step_matches_a_direct_computation(engine: CompletionEngin
     assert p.text == expected
     assert p.num_tokens == 1
     assert p.confidence == pytest.approx(math.exp(float(logprobs.max())), abs=1e-5)
+
+
+@pytest.mark.parametrize("prefix", ["def foo(x):\n    retu", "import o", "x", "x = 1\n", "  self._"])
+def test_training_rows_are_split_where_the_engine_heals(engine: CompletionEngine, prefix: str) -> None:
+    """SFT rows feed the model exactly the engine's prompt, and their target (like DPO/KTO text
+    rows' completions) starts with the text the engine owes: one healing split for both."""
+    from echo_lib.training.refine import heal_split, sft_ids
+
+    prompt_ids, owed = engine.prompt_of(prefix)
+    row = sft_ids(engine.tokenizer, prefix, "value)", max_length=engine.context_length)
+    fed = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 0]
+    target = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 1]
+    assert fed == prompt_ids
+    assert engine.tokenizer.decode(target[:-1]) == owed.decode() + "value)\n"
+    kept, completions = heal_split(engine.tokenizer, prefix, ["value)"])
+    assert kept + owed.decode() == prefix and completions == [owed.decode() + "value)\n"]
 
 
 def test_healed_proposals_continue_the_prefix(engine: CompletionEngine) -> None:
@@ -390,7 +404,7 @@ def test_a_models_show_policy_travels_with_it_and_decides_shown(
 ) -> None:
     import shutil
 
-    from echo_lib.show_policy import ShowPolicy
+    from echo_lib.agent.show_policy import ShowPolicy
 
     copy = tmp_path / "with-policy"
     shutil.copytree(model_dir, copy)

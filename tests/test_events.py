@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from jsonschema import Draft202012Validator
 
-from echo_lib import events
+from echo_lib.core import events
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -29,7 +29,7 @@ def test_docs_have_a_valid_example_of_every_event_type() -> None:
 def test_exported_json_schema_is_in_sync_and_accepts_examples() -> None:
     exported = json.loads((DOCS / "schemas" / "events.v1.json").read_text())
     assert exported == events.json_schema(), (
-        "regenerate: python -m echo_lib.events > docs/schemas/events.v1.json"
+        "regenerate: python -m echo_lib.core.events > docs/schemas/events.v1.json"
     )
     Draft202012Validator.check_schema(exported)
     validator = Draft202012Validator(exported)

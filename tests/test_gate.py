@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.config import PromotionSettings, load_config
-from echo_lib.evaluate import EVAL_DIGEST_TAG, chrf, evaluation_digest, paired_gains, summary_metrics
-from echo_lib.gate import decide
+from echo_lib.core.config import PromotionSettings, load_config
+from echo_lib.evaluation.gate import decide
+from echo_lib.evaluation.heldout import (
+    EVAL_DIGEST_TAG,
+    chrf,
+    evaluation_digest,
+    paired_gains,
+    summary_metrics,
+)
 from tests.conftest import copy_var, run_echoctl
 
 
@@ -107,7 +113,7 @@ def test_chrf_bounds() -> None:
 @pytest.fixture
 def registry_var(bootstrapped: dict, tmp_path: Path) -> Path:
     """The bootstrapped store (v1 champion) plus v2 (good) and v3 (regressed), real versions."""
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     var = tmp_path / "var"
     copy_var(bootstrapped["var"], var)
@@ -134,8 +140,8 @@ def _json(proc) -> dict:
 
 @pytest.mark.integration
 def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> None:
-    from echo_lib import registry
-    from echo_lib.engine import CompletionEngine
+    from echo_lib.agent.engine import CompletionEngine
+    from echo_lib.core import registry
 
     cfg = load_config(overrides={"var_dir": str(registry_var)}).config
     name = cfg.mlflow.registered_model
@@ -197,7 +203,7 @@ def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> 
 @pytest.mark.integration
 def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> None:
     """v2 has v1's weights: the paired comparison must find exactly no difference."""
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     shown = ("--set", "engine.show_threshold=0")  # the tiny model is rarely confident; show everything
     report = _json(
@@ -234,7 +240,7 @@ def test_a_failing_registry_is_an_error_not_a_missing_champion(monkeypatch, tmp_
 
     from mlflow.exceptions import MlflowException
 
-    from echo_lib import registry
+    from echo_lib.core import registry
 
     class Failing(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -267,19 +273,19 @@ def test_concurrent_history_appends_lose_nothing(tmp_path: Path) -> None:
     promotion): every entry survives, in the order written."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from echo_lib import gate, registry
+    from echo_lib.core import registry
 
     cfg = load_config(overrides={"var_dir": str(tmp_path / "var")}).config
     registry.client(cfg).create_registered_model(cfg.mlflow.registered_model)
-    gate.record_champion_change(cfg, action="bootstrap", from_version=None, to_version="1", why="v0")
+    registry.record_champion_change(cfg, action="bootstrap", from_version=None, to_version="1", why="v0")
 
     def writer(name: str) -> None:
         for k in range(4):
-            gate.record_champion_change(cfg, action=name, from_version="1", to_version=str(k), why="test")
+            registry.record_champion_change(cfg, action=name, from_version="1", to_version=str(k), why="test")
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(writer, ["promote", "rollback"]))
-    entries = gate.history(cfg)
+    entries = registry.history(cfg)
     assert len(entries) == 9 and entries[0]["action"] == "bootstrap"
     for name in ("promote", "rollback"):
         assert [e["to"] for e in entries if e["action"] == name] == ["0", "1", "2", "3"]

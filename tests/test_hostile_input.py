@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echo_lib.events import ARROW_SCHEMA, REASONS, validate_event
+from echo_lib.core.events import ARROW_SCHEMA, REASONS, validate_event
 from echo_lib.mining.ingest import Limits, _decode_batches, check_line, gzip_lines
 from tests.test_ingest import examples
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.events import validate_event
+from echo_lib.core.events import validate_event
 from echo_lib.mining.ingest import check_line, gzip_lines, run_ingest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "events.md"
@@ -130,7 +130,7 @@ def test_rerun_is_idempotent(spark, lake: Path) -> None:
 def test_crash_mid_write_keeps_the_previous_partition(spark, lake: Path) -> None:
     from pyspark.sql import functions as F
 
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
     run_ingest(spark, str(lake), "2026-11-24")
     before = sorted(map(tuple, spark.read.parquet(str(lake / "bronze/events/dt=2026-11-24")).collect()))
@@ -185,7 +185,7 @@ def test_stage_progress_names_running_stages_and_their_tasks(spark) -> None:
     import re
     import time
 
-    from echo_lib.spark import stage_progress
+    from echo_lib.core.spark import stage_progress
 
     lines: list[str] = []
     with stage_progress(spark, lines.append, every_s=0.05):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib import lake as lake_io
+from echo_lib.core import lake as lake_io
 
 DT = "2026-11-24"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from echo_lib import corpus
-from echo_lib.config import load_config
+from echo_lib.core.config import load_config
 from echo_lib.mining.ingest import run_ingest
-from echo_lib.mining.refinements import mine, run_mine
+from echo_lib.mining.refinements import SILVER_SCHEMA, mine, run_mine
+from echo_lib.world import corpus
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.simulate import plan_day, run_sessions
@@ -121,6 +121,7 @@ def test_every_outcome_class_from_hand_written_sequences(spark) -> None:
         snapshot(20, "ghost", "x"),
     ]
     silver, orphans = mine(frame(spark, rows))
+    assert [(f.name, f.dataType) for f in silver.schema] == [(f.name, f.dataType) for f in SILVER_SCHEMA]
     got = silver.select("request_id", "outcome", "final", "final_source", "edit_distance").orderBy(
         "request_id"
     )

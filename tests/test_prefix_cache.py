@@ -8,8 +8,8 @@ from datetime import date
 
 import pytest
 
-from echo_lib.config import EngineConfig, load_config
-from echo_lib.engine import CompletionEngine, EngineSettings, Proposal, truncate_prompt
+from echo_lib.agent.engine import CompletionEngine, EngineSettings, Proposal, truncate_prompt
+from echo_lib.core.config import EngineConfig, load_config
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams
 from echo_lib.world.simulate import plan_day, run_sessions
@@ -168,7 +168,7 @@ def test_the_window_start_survives_text_dropped_at_the_front() -> None:
 
 
 def test_training_rows_see_the_serving_prompt(base) -> None:
-    from echo_lib.learn import prompt_window, sft_ids
+    from echo_lib.training.refine import prompt_window, sft_ids
 
     step = 32
     engine = engine_with(base, prompt_window_step=step)

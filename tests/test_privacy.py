@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from echo_lib.privacy import EMAIL, IP, SECRET, scrub
-from echo_lib.privacy_quality import clean_code_files, false_positives, planted, recall
+from echo_lib.mining.privacy import EMAIL, IP, SECRET, scrub
+from echo_lib.mining.privacy_quality import clean_code_files, false_positives, planted, recall
 
 
 def test_every_planted_kind_is_caught_in_every_context() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_lib.show_policy import (
+from echo_lib.agent.show_policy import (
     FEATURES,
     OperatingPoint,
     ShowPolicy,
@@ -16,7 +16,7 @@ from echo_lib.show_policy import (
     operating_point,
     request_features,
 )
-from echo_lib.stats import bootstrap_ratio
+from echo_lib.core.stats import bootstrap_ratio
 
 
 def _feature(prefix: str, proposal: str, name: str, confidence: float = 0.5) -> float:

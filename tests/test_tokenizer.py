@@ -4,7 +4,7 @@ import inspect
 import json
 from pathlib import Path
 
-from echo_lib.tokenizer import EOS, PAD, load_tokenizer, train_tokenizer
+from echo_lib.agent.tokenizer import EOS, PAD, load_tokenizer, train_tokenizer
 
 TRICKY = [
     "def f(x):\n\treturn x  \n",  # tab indentation and trailing spaces

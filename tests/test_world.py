@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echo_lib import corpus
-from echo_lib.config import load_config
-from echo_lib.engine import Proposal
-from echo_lib.events import validate_event
+from echo_lib.agent.engine import Proposal
+from echo_lib.core.config import load_config
+from echo_lib.core.events import validate_event
+from echo_lib.world import corpus
 from echo_lib.world import session as session_module
 from echo_lib.world.behaviour import BehaviourParams, decide, similarity, word_prefix_len
 from echo_lib.world.delivery import DeliveryParams, write_day
@@ -241,6 +241,26 @@ def test_reaction_rules() -> None:
         BehaviourParams(typo_rate=1.5)
 
 
+def test_similarity_is_one_minus_normalised_levenshtein() -> None:
+    """rapidfuzz's similarity is the definition in docs/world.md, checked against the textbook DP."""
+
+    def levenshtein(a: str, b: str) -> int:
+        previous = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            current = [i]
+            for j, cb in enumerate(b, 1):
+                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+            previous = current
+        return previous[-1]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("ab( )_x") for _ in range(rng.randrange(0, 12)))
+        b = "".join(rng.choice("ab( )_x") for _ in range(rng.randrange(0, 12)))
+        expected = 1.0 if not (a or b) else 1 - levenshtein(a, b) / max(len(a), len(b))
+        assert similarity(a, b) == pytest.approx(expected)
+
+
 # --------------------------------------------------------------------------- days and delivery
 
 
@@ -348,7 +368,7 @@ def test_progress_lines_report_sessions_and_events(real_files) -> None:
 
 def test_echoctl_world_progress_in_a_log_is_lines(real_files, capsys) -> None:
     """Without a terminal (Airflow, CI, `make demo > log`), echoctl's world commands say lines."""
-    from echo_lib.cli import _run_world
+    from echo_lib.ops.cli.common import run_world
 
     def day(on_plan, progress):
         specs, results = run_day(real_files, 3, 5, DeliveryParams.none())
@@ -357,5 +377,5 @@ def test_echoctl_world_progress_in_a_log_is_lines(real_files, capsys) -> None:
             progress(1, len(r.events))
         return sum(len(r.events) for r in results)
 
-    events = _run_world("simulating", day)
+    events = run_world("simulating", day)
     assert f"simulating: 3/3 sessions, {events:,} events, " in capsys.readouterr().err

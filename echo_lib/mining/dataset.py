@@ -14,12 +14,23 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from echo_lib.privacy import scrub
+from echo_lib.core.config import DatasetSettings
+from echo_lib.core.spark import first_per_key, schema
+from echo_lib.mining.privacy import scrub
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 SCRUBBED_FIELDS = ("prefix", "suffix", "proposal", "final")
+# The gold tables, defined once: to_sft, to_preference and to_kto produce exactly these (tested),
+# and training reads them by these names.
+GOLD_SCHEMAS = {
+    "sft": schema("request_id string, prompt string, completion string, split string"),
+    "preference": schema(
+        "request_id string, prompt string, chosen string, rejected string, outcome string, split string"
+    ),
+    "kto": schema("request_id string, prompt string, completion string, label boolean, split string"),
+}
 
 
 def settled(df: DataFrame) -> DataFrame:
@@ -37,11 +48,7 @@ def non_trivial(df: DataFrame, *, min_chars: int = 3) -> DataFrame:
 def denoise(df: DataFrame) -> DataFrame:
     """Collapse repeats: the same proposal shown again at the same place in a session (after an
     undo or a retyped line) counts once, with its first (settled) outcome."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    first = Window.partitionBy("session_id", "offset", "proposal").orderBy("shown_ts", "request_id")
-    return df.withColumn("_n", F.row_number().over(first)).where("_n = 1").drop("_n")
+    return first_per_key(df, ["session_id", "offset", "proposal"], "shown_ts", "request_id")
 
 
 def opt_out(df: DataFrame, *, users: list[str], repos: list[str]) -> DataFrame:
@@ -52,14 +59,11 @@ def opt_out(df: DataFrame, *, users: list[str], repos: list[str]) -> DataFrame:
 
 def cap_contributions(df: DataFrame, *, per_user: int, per_file: int) -> DataFrame:
     """No single developer or file dominates: keep at most N rows each, chosen by a stable hash."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     order = F.xxhash64("request_id")
-    by_user = Window.partitionBy("user_id").orderBy(order, "request_id")
-    by_file = Window.partitionBy("doc_id").orderBy(order, "request_id")
-    capped = df.withColumn("_u", F.row_number().over(by_user)).where(F.col("_u") <= per_user).drop("_u")
-    return capped.withColumn("_f", F.row_number().over(by_file)).where(F.col("_f") <= per_file).drop("_f")
+    capped = first_per_key(df, ["user_id"], order, "request_id", keep=per_user)
+    return first_per_key(capped, ["doc_id"], order, "request_id", keep=per_file)
 
 
 def _scrub_batch(batches):
@@ -83,19 +87,12 @@ def scrub_secrets(df: DataFrame) -> DataFrame:
 
 def exact_dedupe(df: DataFrame, *, context_chars: int = 256) -> DataFrame:
     """Same settled code after the same context: keep one (the earliest)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     key = F.sha2(
         F.concat_ws("\u0000", F.substring(F.col("prefix"), -context_chars, context_chars), "final"), 256
     )
-    first = Window.partitionBy("_key").orderBy("shown_ts", "request_id")
-    return (
-        df.withColumn("_key", key)
-        .withColumn("_n", F.row_number().over(first))
-        .where("_n = 1")
-        .drop("_n", "_key")
-    )
+    return first_per_key(df.withColumn("_key", key), ["_key"], "shown_ts", "request_id").drop("_key")
 
 
 def near_dedupe(
@@ -223,7 +220,7 @@ def build(
     spark: SparkSession,
     silver: DataFrame,
     heldout: DataFrame,
-    settings: dict[str, Any],
+    settings: DatasetSettings,
     say: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, DataFrame], list[dict[str, Any]]]:
     """Run the funnel; return the gold frames and the funnel (rows in/out of every step, also
@@ -233,27 +230,25 @@ def build(
         (
             "non_trivial",
             "empty or shorter than min_chars",
-            lambda d: non_trivial(d, min_chars=settings["min_chars"]),
+            lambda d: non_trivial(d, min_chars=settings.min_chars),
         ),
         ("denoised", "repeat of the same proposal at the same place", denoise),
         (
             "opted_in",
             "user or repo opted out",
-            lambda d: opt_out(d, users=settings["opt_out_users"], repos=settings["opt_out_repos"]),
+            lambda d: opt_out(d, users=settings.opt_out_users, repos=settings.opt_out_repos),
         ),
         (
             "capped",
             "over the per-user or per-file cap",
-            lambda d: cap_contributions(
-                d, per_user=settings["cap_per_user"], per_file=settings["cap_per_file"]
-            ),
+            lambda d: cap_contributions(d, per_user=settings.cap_per_user, per_file=settings.cap_per_file),
         ),
         ("scrubbed", "secrets and e-mails replaced (rows kept)", scrub_secrets),
         ("exact_deduped", "exact duplicate of context and code", exact_dedupe),
         (
             "near_deduped",
             "near duplicate (MinHashLSH)",
-            lambda d: near_dedupe(d, threshold=settings["near_dup_distance"]),
+            lambda d: near_dedupe(d, threshold=settings.near_dup_distance),
         ),
         ("decontaminated", "completed line appears in held-out code", lambda d: decontaminate(d, heldout)),
     ]
@@ -274,7 +269,7 @@ def build(
         if say:
             say(f"build: {name}: {rows_in:,} -> {rows_out:,} rows")
         rows_in = rows_out
-    final = split_column(current, validation_percent=settings["validation_percent"]).persist()
+    final = split_column(current, validation_percent=settings.validation_percent).persist()
     funnel.append(
         {
             "step": "secrets_redacted",
@@ -284,31 +279,20 @@ def build(
     return {"sft": to_sft(final), "preference": to_preference(final), "kto": to_kto(final)}, funnel
 
 
-DEFAULT_SETTINGS = {
-    "min_chars": 3,
-    "cap_per_user": 2000,
-    "cap_per_file": 200,
-    "near_dup_distance": 0.2,
-    "validation_percent": 5,
-    "opt_out_users": [],
-    "opt_out_repos": [],
-}
-
-
 def run_build(
     spark: SparkSession,
     lake: str,
     dates: list[str],
     heldout_texts: list[str],
     *,
-    settings: dict[str, Any] | None = None,
+    settings: DatasetSettings | None = None,
     out_dt: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build gold for ``dates`` (one or a window); write under ``out_dt`` (default: the last date)."""
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
-    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    settings = settings or DatasetSettings()
     present = [d for d in dates if lake_io.is_complete(spark, lake, "silver/refinements", d)]
     if not present:
         raise FileNotFoundError(f"no silver refinements for {', '.join(dates)}: run `echoctl mine` first")
@@ -320,7 +304,7 @@ def run_build(
         "dt": out_dt,
         "dates": present,
         "inputs": paths,
-        "settings": settings,
+        "settings": settings.model_dump(mode="json"),
         "funnel": funnel,
         "datasets": {},
     }
@@ -358,7 +342,7 @@ def log_manifest(cfg, manifest: dict[str, Any]) -> str:
 
     import mlflow
 
-    from echo_lib.tracking import configure_mlflow
+    from echo_lib.core.tracking import configure_mlflow
 
     experiment_id = configure_mlflow(cfg)
     tags = {

@@ -2,7 +2,7 @@
 
 The Python parts (gzip decoding that survives a truncated member, UTF-8 and contract checks) run
 inside one Arrow-based ``mapInArrow`` over whole files; everything after (split, dedupe, counts)
-is Spark built-ins. The reason codes are the contract's (:data:`echo_lib.events.REASONS`).
+is Spark built-ins. The reason codes are the contract's (:data:`echo_lib.core.events.REASONS`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from echo_lib.events import ARROW_SCHEMA, Invalid, parse_ts, validate_event
+from echo_lib.core.events import ARROW_SCHEMA, Invalid, parse_ts, validate_event
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -261,11 +261,9 @@ def quarantined(lines: DataFrame) -> DataFrame:
 
 def dedupe_events(events: DataFrame) -> DataFrame:
     """At-least-once delivery: keep one row per ``event_id`` (the first delivered copy)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+    from echo_lib.core.spark import first_per_key
 
-    first = Window.partitionBy("event_id").orderBy("_source_file", "_line_no")
-    return events.withColumn("_copy", F.row_number().over(first)).where("_copy = 1").drop("_copy")
+    return first_per_key(events, ["event_id"], "_source_file", "_line_no")
 
 
 def run_ingest(spark, lake: str, dt: str, limits: Limits = Limits()) -> dict[str, Any]:
@@ -276,7 +274,7 @@ def run_ingest(spark, lake: str, dt: str, limits: Limits = Limits()) -> dict[str
     """
     from pyspark.sql import functions as F
 
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
     raw = lake_io.partition_uri(lake, "raw/events", dt)
     if not lake_io.exists(spark, raw):

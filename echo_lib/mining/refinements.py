@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from echo_lib.core.spark import first_per_key, schema
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -40,31 +42,18 @@ def lookback_dates(dt: str) -> list[str]:
 
 def scope_sessions(events: DataFrame, dt: str) -> DataFrame:
     """Events (with a ``dt`` column) -> deduplicated events of the sessions first seen on ``dt``."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    first_copy = Window.partitionBy("event_id").orderBy("dt", "_source_file", "_line_no")
-    unique = events.withColumn("_copy", F.row_number().over(first_copy)).where("_copy = 1").drop("_copy")
+    unique = first_per_key(events, ["event_id"], "dt", "_source_file", "_line_no")
     first_seen = unique.groupBy("session_id").agg(F.min("dt").alias("_first_dt"))
     return unique.join(first_seen.where(F.col("_first_dt") == dt), "session_id").drop("_first_dt")
-
-
-def _first_by(df: DataFrame, keys: list[str], *order) -> DataFrame:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    return (
-        df.withColumn("_rank", F.row_number().over(Window.partitionBy(*keys).orderBy(*order)))
-        .where("_rank = 1")
-        .drop("_rank")
-    )
 
 
 def link(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, DataFrame]:
     """(refinements without replayed finals, orphans). Pure DataFrame -> DataFrame."""
     from pyspark.sql import functions as F
 
-    shown = _first_by(events.where(F.col("event_type") == "completion_shown"), SESSION_KEY, "seq").select(
+    shown = first_per_key(events.where(F.col("event_type") == "completion_shown"), SESSION_KEY, "seq").select(
         "session_id",
         "request_id",
         "user_id",
@@ -83,7 +72,7 @@ def link(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, Dat
         F.col("event_id").alias("shown_event_id"),
     )
     reaction_events = events.where(F.col("event_type").isin("completion_accepted", "completion_rejected"))
-    reactions = _first_by(reaction_events, SESSION_KEY, "seq").select(
+    reactions = first_per_key(reaction_events, SESSION_KEY, "seq").select(
         *SESSION_KEY,
         F.when(F.col("event_type") == "completion_accepted", "accepted")
         .otherwise("rejected")
@@ -98,7 +87,7 @@ def link(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, Dat
         .agg(F.countDistinct("event_type").alias("kinds"))
         .where("kinds > 1")
     )
-    snapshots = _first_by(
+    snapshots = first_per_key(
         events.where((F.col("event_type") == "region_snapshot") & (F.col("age_s") >= settle_s)),
         SESSION_KEY,
         F.col("age_s").desc(),
@@ -240,49 +229,28 @@ def add_finals(events: DataFrame, linked: DataFrame) -> DataFrame:
     )
 
 
-SILVER_COLUMNS = [
-    "session_id",
-    "request_id",
-    "user_id",
-    "repo_id",
-    "doc_id",
-    "model_version",
-    "trigger",
-    "offset",
-    "prefix",
-    "suffix",
-    "proposal",
-    "confidence",
-    "latency_ms",
-    "shown_ts",
-    "reaction",
-    "accepted_len",
-    "reject_reason",
-    "reaction_ts",
-    "time_to_react_ms",
-    "final",
-    "final_source",
-    "outcome",
-    "edit_distance",
-    "similarity",
-    "snapshot_age_s",
-    "shown_event_id",
-    "reaction_event_id",
-    "snapshot_event_id",
-]
+# The silver table, defined once: mine() produces exactly these columns (tests check the types).
+SILVER_SCHEMA = schema(
+    "session_id string, request_id string, user_id string, repo_id string, doc_id string, "
+    "model_version string, trigger string, offset long, prefix string, suffix string, proposal string, "
+    "confidence double, latency_ms long, shown_ts timestamp, reaction string, accepted_len long, "
+    "reject_reason string, reaction_ts timestamp, time_to_react_ms double, final string, "
+    "final_source string, outcome string, edit_distance int, similarity double, snapshot_age_s long, "
+    "shown_event_id string, reaction_event_id string, snapshot_event_id string"
+)
 
 
 def mine(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, DataFrame]:
     """Scoped, deduplicated events -> (silver refinements, orphans)."""
     linked, orphans = link(events, settle_s=settle_s)
-    return classify(add_finals(events, linked)).select(*SILVER_COLUMNS), orphans
+    return classify(add_finals(events, linked)).select(*SILVER_SCHEMA.fieldNames()), orphans
 
 
 def read_bronze(spark: SparkSession, lake: str, dates: list[str]) -> DataFrame:
     """The complete bronze partitions among ``dates``, with their ``dt`` as a string column."""
     from pyspark.sql import functions as F
 
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
     present = [d for d in dates if lake_io.is_complete(spark, lake, "bronze/events", d)]
     paths = [lake_io.partition_uri(lake, "bronze/events", d) for d in present]
@@ -294,7 +262,7 @@ def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_
     """Mine silver refinements for ``dt`` (with the lookback rule); return the manifest."""
     from pyspark.sql import functions as F
 
-    from echo_lib import lake as lake_io
+    from echo_lib.core import lake as lake_io
 
     if not lake_io.is_complete(spark, lake, "bronze/events", dt):
         raise FileNotFoundError(

@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from rapidfuzz.distance import Levenshtein
+
 Reaction = Literal["accept_exact", "accept_close", "accept_partial", "reject", "abandon"]
 
 
@@ -56,21 +58,7 @@ class BehaviourParams:
 
 def similarity(a: str, b: str) -> float:
     """1 - normalised Levenshtein distance (1.0 for two empty strings)."""
-    if a == b:
-        return 1.0
-    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
-
-
-def levenshtein(a: str, b: str) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    return Levenshtein.normalized_similarity(a, b)
 
 
 def common_prefix_len(a: str, b: str) -> int:

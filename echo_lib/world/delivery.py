@@ -21,7 +21,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from echo_lib.events import dumps, parse_ts
+from echo_lib.core.events import dumps, parse_ts
 
 LINES_PER_PART = 200_000
 
@@ -73,44 +73,42 @@ def _gzip_lines(lines: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def partition_dir(lake: str | Path, day: date) -> Path:
-    return Path(lake) / "raw" / "events" / f"dt={day.isoformat()}"
+def partition(day: date) -> str:
+    """The raw partition of ``day``, relative to the lake."""
+    return f"raw/events/dt={day.isoformat()}"
 
 
 def write_day(
     lake: str | Path, day: date, sessions: list[list[dict[str, Any]]], params: DeliveryParams, seed: int
 ) -> dict[str, Any]:
-    """Write one simulated day as the collector would; return what landed where."""
+    """Write one simulated day as the collector would, to any lake URI (a folder, s3://, hdfs://);
+    return what landed where."""
+    from echo_lib.core import lake as lake_io
+
+    lake = str(lake)
     rng = random.Random(seed)
     delivered = arrivals(sessions, params, rng)
     on_time = [dumps(event) for _, event, late in delivered if not late]
     late = [dumps(event) for _, event, late in delivered if late]
-    target = partition_dir(lake, day)
-    target.mkdir(parents=True, exist_ok=True)
-    for stale in target.glob("part-0*.jsonl.gz"):  # re-simulating a day replaces its own parts only
-        stale.unlink()
+    target = partition(day)
+    lake_io.delete_matching(
+        lake, target, "part-0*.jsonl.gz"
+    )  # re-simulating a day replaces its own parts only
     files = []
     for index in range(0, max(len(on_time), 1), LINES_PER_PART):
-        path = target / f"part-{index // LINES_PER_PART:05d}.jsonl.gz"
-        _atomic_write(path, _gzip_lines(on_time[index : index + LINES_PER_PART]))
-        files.append(path)
-    next_day = partition_dir(lake, day + timedelta(days=1))
-    late_path = next_day / f"part-late-{day.isoformat()}.jsonl.gz"
+        name = f"{target}/part-{index // LINES_PER_PART:05d}.jsonl.gz"
+        files.append(
+            lake_io.write_bytes_atomic(lake, name, _gzip_lines(on_time[index : index + LINES_PER_PART]))
+        )
+    late_name = f"part-late-{day.isoformat()}.jsonl.gz"
+    next_day = partition(day + timedelta(days=1))
     if late:
-        next_day.mkdir(parents=True, exist_ok=True)
-        _atomic_write(late_path, _gzip_lines(late))
-        files.append(late_path)
-    elif late_path.exists():
-        late_path.unlink()
+        files.append(lake_io.write_bytes_atomic(lake, f"{next_day}/{late_name}", _gzip_lines(late)))
+    else:
+        lake_io.delete_matching(lake, next_day, late_name)
     return {
-        "files": [str(f) for f in files],
+        "files": files,
         "lines": len(on_time) + len(late),
         "late_lines": len(late),
         "duplicates": len(on_time) + len(late) - sum(map(len, sessions)),
     }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

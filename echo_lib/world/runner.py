@@ -8,8 +8,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from echo_lib import corpus
-from echo_lib.config import EchoConfig
+from echo_lib.core.config import EchoConfig
+from echo_lib.world import corpus
 from echo_lib.world.behaviour import BehaviourParams
 from echo_lib.world.delivery import DeliveryParams, write_day
 from echo_lib.world.simulate import acceptance_summary, per_session, plan_day, run_sessions
@@ -49,8 +49,8 @@ class ProgressLines:
 def load_engine(cfg: EchoConfig, model_uri: str | None = None, *, show_all: bool = False):
     """The engine serving ``model_uri`` (default: @champion) with the configured settings; with
     ``show_all`` every non-blank proposal is shown (canary traffic for calibration)."""
-    from echo_lib import registry
-    from echo_lib.engine import CompletionEngine, EngineSettings
+    from echo_lib.agent.engine import CompletionEngine, EngineSettings
+    from echo_lib.core import registry
 
     e = cfg.engine
     settings = EngineSettings(
@@ -187,7 +187,7 @@ def _log_acceptance(cfg: EchoConfig, summary: dict[str, Any]) -> str:
 
     import mlflow
 
-    from echo_lib.tracking import configure_mlflow
+    from echo_lib.core.tracking import configure_mlflow
 
     experiment_id = configure_mlflow(cfg)
     tags = {

@@ -3,7 +3,7 @@
 The session starts with the file minus a block of whole lines (the developer has opened an empty
 line where the block goes) and ends with the real file, whatever happened in between. It is a
 generator: it yields :class:`CompletionRequest` at trigger points and receives the engine's
-:class:`~echo_lib.engine.Proposal`, so a driver can batch requests across many sessions.
+:class:`~echo_lib.agent.engine.Proposal`, so a driver can batch requests across many sessions.
 
 Randomness is split into independent streams seeded from the session seed. Trigger points and
 noise are drawn per position *before* the session starts, so two models run on the same session
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from echo_lib.events import SCHEMA_VERSION, format_ts
+from echo_lib.core.events import SCHEMA_VERSION, format_ts
 from echo_lib.world.behaviour import BehaviourParams, decide
 
 PREFIX_WINDOW = 4000  # characters of context the client sends (the engine truncates to its budget)

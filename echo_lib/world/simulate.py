@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from echo_lib.corpus import SourceFile
 from echo_lib.world.behaviour import BehaviourParams
+from echo_lib.world.corpus import SourceFile
 from echo_lib.world.delivery import DeliveryParams
 from echo_lib.world.session import SessionResult, SessionSpec, simulate
 
@@ -181,7 +181,7 @@ def per_session(results: Sequence[SessionResult]) -> list[dict[str, Any]]:
 def acceptance_summary(results: Sequence[SessionResult], *, seed: int = 0) -> dict[str, Any]:
     """Acceptance among shown and retained characters per request, each with a session-level
     bootstrap 95% CI, the shown rate, and the outcome breakdown."""
-    from echo_lib.stats import bootstrap_ratio
+    from echo_lib.core.stats import bootstrap_ratio
 
     sessions = per_session(results)
     column = {k: [s[k] for s in sessions] for k in ("requests", "shown", "accepted", "retained_chars")}

@@ -1,0 +1,30 @@
+"""MLflow wiring: one tracking/registry URI from config, experiments created on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from echo_lib.core.config import EchoConfig
+
+
+def configure_mlflow(cfg: EchoConfig) -> str:
+    """Point this process's MLflow client at the configured store; return the experiment id."""
+    import mlflow
+
+    if cfg.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(cfg.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow_tracking_uri)
+    return ensure_experiment(cfg, cfg.mlflow.experiment)
+
+
+def ensure_experiment(cfg: EchoConfig, name: str) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(
+        name, artifact_location=f"{cfg.mlflow_artifact_location.rstrip('/')}/{name}"
+    )

@@ -1,0 +1,218 @@
+"""Run Airflow for Echo on this machine: ``echoctl airflow up|down|status|dags-test``.
+
+Not ``airflow standalone`` (its log servers bind every interface): the four components are
+started one by one, bound to ``airflow.host`` (127.0.0.1 by default), each in its own process
+group so ``down`` stops it and all of its children. SQLite + LocalExecutor with
+``airflow.parallelism`` slots; the simple auth manager stays on (user ``airflow.admin_user``,
+its generated password in ``<airflow home>/simple_auth_manager_passwords.json.generated``).
+
+Every Airflow process gets the same environment: Airflow's settings from Echo's config, and the
+effective Echo config itself written to ``<airflow home>/echo.yaml`` (``ECHO_CONFIG``), so the
+tasks see exactly the config the command was started with, flags included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from echo_lib.core.config import EchoConfig
+
+COMPONENTS = {
+    "api-server": lambda cfg: ["api-server", "--host", cfg.airflow.host, "--port", str(cfg.airflow.port)],
+    "scheduler": lambda cfg: ["scheduler", "--skip-serve-logs"],
+    "dag-processor": lambda cfg: ["dag-processor"],
+    "triggerer": lambda cfg: ["triggerer", "--skip-serve-logs"],
+}
+
+
+class AirflowError(RuntimeError):
+    pass
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def _state_file(cfg: EchoConfig) -> Path:
+    return cfg.airflow_home / "echo-components.json"
+
+
+def environment(cfg: EchoConfig) -> dict[str, str]:
+    """The environment of every Airflow process Echo starts."""
+    import yaml
+
+    home = cfg.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    secret_file = home / "jwt_secret"
+    if not secret_file.is_file():
+        secret_file.write_text(secrets.token_urlsafe(32))
+        secret_file.chmod(0o600)
+    effective = cfg.model_dump(mode="json")
+    effective["home"] = str(cfg.home)
+    effective["var_dir"] = str(cfg.var_path)
+    config_file = home / "echo.yaml"
+    config_file.write_text(yaml.safe_dump(effective, sort_keys=True))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "AIRFLOW"))}
+    env.update(cfg.runtime_env())
+    env.update(cfg.airflow_env())
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+            "PYSPARK_PYTHON": sys.executable,
+            "ECHO_CONFIG": str(config_file),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def migrate(cfg: EchoConfig, env: dict[str, str] | None = None) -> None:
+    env = env or environment(cfg)
+    proc = subprocess.run(
+        [airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise AirflowError(
+            f"airflow db migrate failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def status(cfg: EchoConfig) -> dict[str, Any]:
+    state = json.loads(_state_file(cfg).read_text()) if _state_file(cfg).is_file() else {}
+    components = {name: {"pid": pid, "running": _alive(pid)} for name, pid in state.get("pids", {}).items()}
+    healthy = False
+    if components:
+        try:
+            with urllib.request.urlopen(f"{base_url(cfg)}/api/v2/monitor/health", timeout=3) as response:
+                healthy = response.status == 200
+        except (urllib.error.URLError, OSError):
+            healthy = False
+    return {"url": base_url(cfg), "components": components, "api_healthy": healthy}
+
+
+def base_url(cfg: EchoConfig) -> str:
+    return f"http://{cfg.airflow.host}:{cfg.airflow.port}"
+
+
+def up(cfg: EchoConfig, *, wait_s: float = 120) -> dict[str, Any]:
+    """Start the four components (if not already running) and wait for the API to be healthy."""
+    current = status(cfg)
+    if current["components"] and all(c["running"] for c in current["components"].values()):
+        return current
+    down(cfg)
+    env = environment(cfg)
+    migrate(cfg, env)
+    logs = cfg.airflow_home / "logs" / "components"
+    logs.mkdir(parents=True, exist_ok=True)
+    pids = {}
+    for name, args in COMPONENTS.items():
+        with (logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [airflow_bin(), *args(cfg)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: down() stops it and its children
+                cwd=cfg.airflow_home,
+            )
+        pids[name] = proc.pid
+    _state_file(cfg).write_text(json.dumps({"pids": pids, "started": time.time()}))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        current = status(cfg)
+        dead = [n for n, c in current["components"].items() if not c["running"]]
+        if dead:
+            down(cfg)
+            raise AirflowError(f"{', '.join(dead)} exited at start-up; see {logs}")
+        if current["api_healthy"]:
+            return current
+        time.sleep(1)
+    down(cfg)
+    raise AirflowError(f"the api-server was not healthy after {wait_s:.0f} s; see {logs}")
+
+
+def down(cfg: EchoConfig, *, grace_s: float = 20) -> list[str]:
+    """SIGTERM each component's process group, SIGKILL what is left after ``grace_s``."""
+    state_file = _state_file(cfg)
+    if not state_file.is_file():
+        return []
+    pids = json.loads(state_file.read_text()).get("pids", {})
+    stopped = []
+    for name, pid in pids.items():
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+                stopped.append(name)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.5)
+    for pid in pids.values():
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    state_file.unlink(missing_ok=True)
+    return stopped
+
+
+def admin_password(cfg: EchoConfig) -> str | None:
+    path = cfg.airflow_home / "simple_auth_manager_passwords.json.generated"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(cfg.airflow.admin_user)
+
+
+def token(cfg: EchoConfig) -> str:
+    """A JWT for the REST API, exactly as the UI's login gets one."""
+    password = admin_password(cfg)
+    if password is None:
+        raise AirflowError("no generated admin password yet: start the api-server first")
+    body = json.dumps({"username": cfg.airflow.admin_user, "password": password}).encode()
+    request = urllib.request.Request(
+        f"{base_url(cfg)}/auth/token", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["access_token"]
+
+
+def dags_test(cfg: EchoConfig, dag_id: str, logical_date: str, *, log: Path) -> None:
+    """``airflow dags test``: one real DAG run in-process, recorded in the metadata DB."""
+    env = environment(cfg)
+    migrate(cfg, env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [airflow_bin(), "dags", "test", dag_id, logical_date],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            cwd=cfg.airflow_home,
+        )
+    text = log.read_text(errors="replace")
+    finished = [ln for ln in text.splitlines() if "DagRun Finished:" in ln]
+    if proc.returncode != 0 or not finished or "state=success" not in finished[-1]:
+        lines = [ln for ln in text.splitlines() if "Error" in ln or "failed" in ln.lower()]
+        reason = (lines or finished or ["no DagRun finished"])[-1].strip()[:300]
+        raise AirflowError(f"{dag_id} for {logical_date} failed: {reason} (log: {log})")

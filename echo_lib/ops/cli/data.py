@@ -1,0 +1,201 @@
+"""The data half of the loop: the world (``simulate``, ``acceptance``) and mining on Spark
+(``ingest``, ``mine``, ``build-dataset``, each a spark-submit on ``spark.master``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from echo_lib.ops.cli.common import (
+    CorpusOpt,
+    JsonOpt,
+    ModelOpt,
+    SplitOpt,
+    console,
+    fail,
+    failing,
+    loaded,
+    parse_date,
+    printed_json,
+    run_world,
+    say_dim,
+)
+
+
+def simulate(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="logical date YYYY-MM-DD")],
+    sessions: Annotated[int | None, typer.Option(help="sessions (default: world.sessions)")] = None,
+    split: SplitOpt = "experience",
+    corpus_dir: CorpusOpt = None,
+    model: ModelOpt = None,
+    seed: Annotated[int | None, typer.Option(help="world seed (default: world.seed)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate one day of developers against the served model; land its raw telemetry."""
+    from echo_lib.world.runner import simulate_day
+
+    cfg = loaded(ctx).config
+    day = parse_date(date)
+    s = run_world(
+        f"simulating {day}",
+        simulate_day,
+        cfg=cfg,
+        day=day,
+        sessions=sessions,
+        split=split,
+        corpus_dirs=corpus_dir,
+        model_uri=model,
+        seed=seed,
+    )
+    if printed_json(as_json, {k: v for k, v in s.items() if k != "files"}):
+        return
+    console.print(
+        f"{s['date']}: {s['sessions']} sessions, {s['events']:,} events ({s['lines']:,} lines delivered, "
+        f"{s['late_lines']} late, {s['duplicates']} duplicates), {s['shown']} proposals shown, "
+        f"{s['accepted']} accepted: acceptance {s['acceptance_rate']:.1%} "
+        f"[{s['ci_low']:.1%}, {s['ci_high']:.1%}] by {s['model_version']}; "
+        f"{s['events_per_s']:.0f} events/s",
+        highlight=False,
+    )
+
+
+def acceptance(
+    ctx: typer.Context,
+    model: ModelOpt = None,
+    split: SplitOpt = "heldout",
+    corpus_dir: CorpusOpt = None,
+    sessions: Annotated[
+        int | None, typer.Option(help="sessions (default: world.acceptance_sessions)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed (default: world.acceptance_seed); same seed = paired")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure acceptance in the world on held-out code (nothing is written to the lake)."""
+    from echo_lib.world.runner import measure_acceptance
+
+    cfg = loaded(ctx).config
+    s = run_world(
+        "measuring acceptance",
+        measure_acceptance,
+        cfg=cfg,
+        model_uri=model,
+        split=split,
+        corpus_dirs=corpus_dir,
+        sessions=sessions,
+        seed=seed,
+    )
+    if printed_json(as_json, {k: v for k, v in s.items() if k != "per_session"}):
+        return
+    table = Table(
+        title=f"acceptance of {s['model_version']} on {s['split']} ({s['sessions']} sessions, seed {s['seed']})",
+        title_justify="left",
+    )
+    table.add_column("metric", style="cyan")
+    table.add_column("value", justify="right")
+    table.add_row("acceptance rate (accepted / shown)", f"{s['acceptance_rate']:.2%}")
+    table.add_row("95% CI (session bootstrap)", f"[{s['ci_low']:.2%}, {s['ci_high']:.2%}]")
+    table.add_row("requests / shown / accepted", f"{s['requests']} / {s['shown']} / {s['accepted']}")
+    table.add_row("shown per trigger", f"{s['shown_per_trigger']:.2f}")
+    table.add_row("accepted and retained characters", f"{s['accepted_retained_chars']:,}")
+    table.add_row(
+        "retained characters per request [95% CI]",
+        f"{s['retained_per_request']:.3f} [{s['retained_ci_low']:.3f}, {s['retained_ci_high']:.3f}]",
+    )
+    for outcome, count in s["outcomes"].items():
+        table.add_row(f"outcome: {outcome}", str(count))
+    for trigger, c in sorted(s["by_trigger"].items()):
+        rate = c["accepted"] / c["shown"] if c["shown"] else 0.0
+        table.add_row(f"{trigger}: shown / accepted", f"{c['shown']} / {c['accepted']} ({rate:.1%})")
+    console.print(table)
+
+
+def _spark_job(cfg, job: str, args: list[str], *, log_name: str, doing: str) -> dict:
+    """Submit ``jobs/<job>.py`` with the lake and master from config; one-line error on failure."""
+    from echo_lib.ops.submit import JobFailed, run_job
+
+    with failing("", JobFailed), console.status(f"{doing} on {cfg.spark.master} ..."):
+        return run_job(cfg, job, [*args, "--lake", cfg.lake_uri], log_name=log_name, progress=say_dim)
+
+
+def _day_job(ctx: typer.Context, date: str, job: str, log: str, doing: str) -> tuple[str, dict]:
+    """(the day, the job's manifest) of a one-day job; its log is ``<log>-<day>``."""
+    day = parse_date(date).isoformat()
+    return day, _spark_job(
+        loaded(ctx).config, job, ["--date", day], log_name=f"{log}-{day}", doing=f"{doing} {day}"
+    )
+
+
+def ingest(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="partition date YYYY-MM-DD")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate one day of raw telemetry into bronze (spark-submit on spark.master)."""
+    day, m = _day_job(ctx, date, "ingest_events", "ingest", "ingesting")
+    if printed_json(as_json, m):
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in m["quarantined_by_reason"].items()) or "none"
+    console.print(
+        f"{day}: read {m['lines_read']:,} lines = {m['valid']:,} valid + {m['quarantined']:,} quarantined "
+        f"({reasons}); {m['duplicates_removed']:,} duplicates removed; {m['written']:,} events in bronze",
+        highlight=False,
+    )
+
+
+def mine(
+    ctx: typer.Context,
+    date: Annotated[str, typer.Option("--date", help="partition date YYYY-MM-DD")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Mine one day of bronze events into silver refinements (spark-submit on spark.master)."""
+    day, m = _day_job(ctx, date, "mine_refinements", "mine", "mining")
+    if printed_json(as_json, m):
+        return
+    outcomes = ", ".join(f"{k} {v}" for k, v in m["by_outcome"].items())
+    orphans = sum(m["orphans"].values())
+    console.print(
+        f"{day}: {m['sessions']} sessions, {m['events']:,} events -> {m['refinements']:,} refinements "
+        f"({outcomes}); finals from {m['final_source']}; {orphans} orphan events kept aside",
+        highlight=False,
+    )
+
+
+def build_dataset(
+    ctx: typer.Context,
+    date: Annotated[str | None, typer.Option("--date", help="one date YYYY-MM-DD")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="first date of a window")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last date of a window")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build gold sft/preference/kto datasets from silver refinements (spark-submit)."""
+    cfg = loaded(ctx).config
+    if date:
+        window, label = ["--date", parse_date(date).isoformat()], parse_date(date).isoformat()
+    elif start and end:
+        window = ["--from", parse_date(start).isoformat(), "--to", parse_date(end).isoformat()]
+        label = f"{window[1]}..{window[3]}"
+    else:
+        raise fail("give --date, or --from and --to", code=2)
+    m = _spark_job(
+        cfg, "build_dataset", window, log_name=f"build-dataset-{label}", doing=f"building gold for {label}"
+    )
+    if printed_json(as_json, m):
+        return
+    table = Table(title=f"gold funnel for {label}", title_justify="left")
+    for column in ("step", "rows in", "rows out", "dropped", "why"):
+        table.add_column(column)
+    for s in m["funnel"]:
+        if "rows_in" in s:
+            table.add_row(
+                s["step"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['dropped']:,}", s["reason"]
+            )
+        else:
+            table.add_row(s["step"], "", "", "", f"{s['count']} values replaced")
+    console.print(table)
+    rows = ", ".join(f"{k} {v['rows']:,}" for k, v in m["datasets"].items())
+    console.print(f"gold/{m['dt']}: {rows} (MLflow run {m.get('mlflow_run_id')})", highlight=False)

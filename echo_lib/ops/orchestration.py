@@ -1,0 +1,167 @@
+"""What Echo's DAGs share, importable at DAG-parse time: the Asset they pass along, and the
+callables their tasks run (every heavy import happens inside those, at run time).
+
+The DAG files in ``dags/`` only wire these together.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset
+
+# One gold build per logical date; the event's extra carries {"dt": D, "manifest_sha256": ...}.
+GOLD = Asset(name="echo_gold", uri="x-echo://lake/gold")
+
+HOME = Path(os.environ.get("ECHO_HOME") or Path(__file__).resolve().parents[2])
+JOBS = HOME / "jobs"
+
+DEFAULT_ARGS = {
+    "owner": "echo",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),  # doubles with exponential backoff
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=15),
+}
+
+
+def dag_setting(key: str) -> Any:
+    """A config value a DAG file needs at parse time (``"airflow.nightly_cron"``): from the
+    environment ``echoctl airflow`` sets from the effective config (the config's own ``ECHO_*``
+    names), else the config's default. No file or database is read while parsing, and no DAG file
+    repeats a default."""
+    from echo_lib.core.config import EchoConfig
+
+    section, name = key.split(".")
+    model = EchoConfig.model_fields[section].annotation
+    variable = f"ECHO_{section.upper()}__{name.upper()}"
+    given = {name: os.environ[variable]} if variable in os.environ else {}
+    return getattr(model.model_validate(given), name)
+
+
+def on_failure(context: dict[str, Any]) -> None:
+    """Failure callback: one clear line in the task log naming the task, date and error."""
+    import logging
+
+    ti = context.get("task_instance")
+    logging.getLogger("echo").error(
+        "Echo task failed: %s.%s for %s (try %s): %s",
+        getattr(ti, "dag_id", "?"),
+        getattr(ti, "task_id", "?"),
+        context.get("ds"),
+        getattr(ti, "try_number", "?"),
+        context.get("exception"),
+    )
+
+
+def _config():
+    from echo_lib.core.config import load_config
+
+    return load_config().config
+
+
+# What every Echo DAG shares: one run at a time, no implicit catch-up (backfills are explicit),
+# retries with backoff and the failure callback on every task.
+DAG_KWARGS: dict[str, Any] = {
+    "start_date": datetime(2026, 1, 1),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": {**DEFAULT_ARGS, "on_failure_callback": on_failure},
+}
+
+
+# ---- echo_nightly ---------------------------------------------------------------------------------
+
+
+def raw_ready(ds: str) -> bool:
+    """Sensor body: has the collector landed any telemetry for ``ds``?"""
+    import pyarrow.fs as pafs
+
+    from echo_lib.core.lake import arrow_fs
+
+    fs, root = arrow_fs(_config().lake_uri)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
+    return any(i.base_name.endswith(".jsonl.gz") for i in infos)
+
+
+def gold_manifest(ds: str) -> dict[str, Any]:
+    """The gold build of ``ds`` (fails if build-dataset did not complete it)."""
+    from echo_lib.core.lake import gold_dates, read_manifest
+
+    lake = _config().lake_uri
+    if ds not in gold_dates(lake):
+        raise RuntimeError(f"no complete gold build for {ds} in {lake}")
+    manifest = read_manifest(lake, ds)
+    return {
+        "dt": ds,
+        "manifest_sha256": manifest["sha256"],
+        "rows": {name: d["rows"] for name, d in manifest["datasets"].items()},
+        "funnel": manifest["funnel"],
+    }
+
+
+# ---- echo_world -----------------------------------------------------------------------------------
+
+
+def simulate(ds: str) -> dict[str, Any]:
+    from datetime import date
+
+    from echo_lib.world.runner import ProgressLines, simulate_day
+
+    lines = ProgressLines(print, f"world {ds}")  # Airflow's task log shows the world's pace
+    summary = simulate_day(_config(), date.fromisoformat(ds), on_plan=lines.plan, progress=lines)
+    keep = (
+        "date",
+        "sessions",
+        "requests",
+        "shown",
+        "accepted",
+        "acceptance_rate",
+        "retained_per_request",
+        "events",
+        "lines",
+        "model_version",
+    )
+    return {k: summary[k] for k in keep}
+
+
+# ---- echo_train -----------------------------------------------------------------------------------
+
+
+def train() -> dict[str, Any]:
+    import dataclasses
+
+    from echo_lib.training.refine import train as run_train
+
+    return dataclasses.asdict(run_train(_config()))
+
+
+def evaluate(challenger: str) -> dict[str, Any]:
+    from echo_lib.evaluation.heldout import evaluate as run_evaluate
+    from echo_lib.evaluation.heldout import summary_metrics
+
+    report = run_evaluate(_config(), challenger=challenger)
+    online = (
+        "acceptance_rate",
+        "ci_low",
+        "ci_high",
+        "retained_per_request",
+        "retained_ci_low",
+        "retained_ci_high",
+    )
+    return {
+        "champion_version": report["champion_version"],
+        "challenger_version": report["challenger_version"],
+        "metrics": summary_metrics(report),
+        "champion_online": {k: report["champion"]["online"][k] for k in online},
+        "challenger_online": {k: report["challenger"]["online"][k] for k in online},
+    }
+
+
+def promote(version: str) -> dict[str, Any]:
+    from echo_lib.evaluation.gate import promote as run_promote
+
+    return run_promote(_config(), version=version)

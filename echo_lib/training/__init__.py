@@ -1,0 +1,1 @@
+"""Training: the one DeepSpeed rank entry point, its launcher, bootstrap of v0 and refinement of the champion."""
