@@ -5,7 +5,8 @@ Scheduled on the `echo_gold` Asset (each completed `echo_nightly` run):
 
 1. **train**: `echoctl train` logic: warm start from `@champion`, the newest `learn.window_days`
    of gold, objective `learn.objective`, the `deepspeed` launcher with `train.num_procs` ranks;
-   registers the result as `@challenger`;
+   registers the result as `@challenger`; a retry resumes this DAG run's own training from its
+   last checkpoint;
 2. **evaluate**: paired held-out acceptance (same sessions and seeds for both models), offline
    metrics and the forgetting check, logged to the challenger's MLflow run and model version;
 3. **promote**: the gate (`promotion.*` thresholds); moves `@champion` only when it passes and
@@ -30,10 +31,10 @@ from echo_lib.ops.orchestration import DAG_KWARGS, GOLD
 )
 def echo_train():
     @task(retries=1)
-    def train() -> dict:
+    def train(run_id=None) -> dict:
         from echo_lib.ops import orchestration
 
-        return orchestration.train()
+        return orchestration.train(run_id)
 
     @task
     def evaluate(trained: dict) -> dict:

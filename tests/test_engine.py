@@ -241,20 +241,30 @@ def test_healing_first_step_matches_a_direct_computation(engine: CompletionEngin
     assert p.confidence == pytest.approx(math.exp(float(logprobs.max())), abs=1e-5)
 
 
-@pytest.mark.parametrize("prefix", ["def foo(x):\n    retu", "import o", "x", "x = 1\n", "  self._"])
+@pytest.mark.parametrize(
+    "prefix", ["def foo(x):\n    retu", "import o", "x", "x = 1\n", "  self._", "s = 'café"]
+)
 def test_training_rows_are_split_where_the_engine_heals(engine: CompletionEngine, prefix: str) -> None:
-    """SFT rows feed the model exactly the engine's prompt, and their target (like DPO/KTO text
-    rows' completions) starts with the text the engine owes: one healing split for both."""
+    """SFT rows feed the model exactly the engine's prompt, and their target starts with the
+    bytes the engine owes; DPO/KTO text rows split there too (a character split across tokens
+    moves whole into the completion): one healing split for serving and training."""
+    from echo_lib.agent.engine import token_byte_table
     from echo_lib.training.refine import heal_split, sft_ids
 
+    table = token_byte_table(engine.tokenizer)
     prompt_ids, owed = engine.prompt_of(prefix)
     row = sft_ids(engine.tokenizer, prefix, "value)", max_length=engine.context_length)
     fed = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 0]
     target = [t for t, m in zip(row["input_ids"], row["completion_mask"], strict=True) if m == 1]
     assert fed == prompt_ids
-    assert engine.tokenizer.decode(target[:-1]) == owed.decode() + "value)\n"
-    kept, completions = heal_split(engine.tokenizer, prefix, ["value)"])
-    assert kept + owed.decode() == prefix and completions == [owed.decode() + "value)\n"]
+    assert b"".join(table[t] for t in target[:-1]) == owed + b"value)\n"
+    kept, [completion] = heal_split(engine.tokenizer, prefix, ["value)"])
+    assert kept + completion == prefix + "value)\n"
+    assert (
+        completion.encode().startswith(owed)
+        or prefix.encode().endswith(owed)
+        and len(prefix) - len(kept) == 1
+    )
 
 
 def test_healed_proposals_continue_the_prefix(engine: CompletionEngine) -> None:

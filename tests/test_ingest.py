@@ -119,6 +119,18 @@ def test_ingest_quarantines_reconciles_and_dedupes(spark, lake: Path) -> None:
     assert manifest == json.loads(json.dumps(m))
 
 
+def test_quarantine_keeps_no_secret_of_a_bad_line(spark, tmp_path: Path) -> None:
+    key, address = "AKIAIOSFODNN7EXAMPLE", "jane.doe@corp.example.com"
+    shown = next(e for e in examples() if e["event_type"] == "completion_shown")
+    broken = json.dumps({**shown, "prefix": f"aws_key = '{key}'  # {address}"}).encode()[:-3]
+    write_raw(tmp_path, "2026-11-25", "part-00000.jsonl.gz", [broken])
+    m = run_ingest(spark, str(tmp_path), "2026-11-25")
+    assert m["quarantined_by_reason"] == {"malformed_json": 1}
+    [row] = spark.read.parquet(str(tmp_path / "quarantine" / "events" / "dt=2026-11-25")).collect()
+    assert key not in row["raw"] and address not in row["raw"]
+    assert "<SECRET>" in row["raw"] and "<EMAIL>" in row["raw"] and row["raw"].startswith('{"event_id"')
+
+
 def test_rerun_is_idempotent(spark, lake: Path) -> None:
     first = run_ingest(spark, str(lake), "2026-11-24")
     rows = sorted(map(tuple, spark.read.parquet(str(lake / "bronze/events/dt=2026-11-24")).collect()))

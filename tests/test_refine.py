@@ -269,6 +269,13 @@ def test_resume_after_a_kill_reaches_the_same_loss(gold_var: Path, tmp_path: Pat
     proc.wait()
     time.sleep(1)
 
+    # the killed run is the CLI's: an Airflow DAG run (its own pointer) has nothing to resume
+    from echo_lib.training.refine import TrainError, resume_pointer, train
+
+    assert resume_pointer(_cfg(var)).is_file() and not resume_pointer(_cfg(var), "airflow-manual_1").is_file()
+    with pytest.raises(TrainError, match="nothing to resume: no interrupted airflow-manual_1"):
+        train(_cfg(var), owner="airflow-manual_1", resume=True)
+
     resumed = _train(var, "--resume")
     [stage] = resumed["stages"]
     assert stage["resumed"] is True and stage["steps"] == 24

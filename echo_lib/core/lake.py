@@ -4,6 +4,7 @@ Layout (``<lake>`` is ``lake.uri``)::
 
     raw/events/dt=D/part-*.jsonl.gz           what the collector lands
     bronze/events/dt=D/                       validated, deduplicated events (Parquet)
+    bronze/events/_scratch/dt=D-<id>/         ingest's decoded lines while it runs (then removed)
     quarantine/events/dt=D/                   rejected lines with source, line number and reason
     silver/refinements/dt=D/                  one row per shown proposal
     quarantine/orphans/dt=D/                  reactions/snapshots with no shown proposal
@@ -187,6 +188,21 @@ def partition_lease(fs: _Fs, lake: str, table: str, dt: str, wait_s: float | Non
             fs.delete(uri)
 
 
+@contextmanager
+def scratch_folder(spark: SparkSession, lake: str, table: str, dt: str):
+    """Hold ``<table>`` dt=D's lease and yield a private folder for a writer's intermediate files
+    (``<table>/_scratch/dt=D-<id>``), removed afterwards; a crashed writer's scratch is removed by
+    the next writer, who holds the lease. Write the partition itself with ``lease=False``."""
+    fs = _Fs(spark, partition_uri(lake, table, dt))
+    with partition_lease(fs, lake, table, dt):
+        fs.delete_glob(table_uri(lake, table, "_scratch", f"dt={dt}-*"))
+        uri = table_uri(lake, table, "_scratch", f"dt={dt}-{uuid.uuid4().hex[:12]}")
+        try:
+            yield uri
+        finally:
+            fs.delete(uri)
+
+
 def write_partition(
     spark: SparkSession,
     df: DataFrame,
@@ -233,11 +249,16 @@ def write_partition(
 
 
 def arrow_fs(lake: str):
-    """(pyarrow filesystem, path) for a lake URI: a local folder, file://, s3://, hdfs:// ..."""
+    """(pyarrow filesystem, path) for a lake URI: a local folder, file:, s3:// (also Hadoop's
+    s3a:// and s3n:// spelling), hdfs:// ..."""
     import pyarrow.fs as pafs
 
-    if "://" not in lake:
-        return pafs.LocalFileSystem(), str(Path(lake).resolve())
+    local = _local_path(lake)
+    if local is not None or "://" not in lake:
+        return pafs.LocalFileSystem(), str((local or Path(lake)).resolve())
+    scheme, rest = lake.split("://", 1)
+    if scheme in ("s3a", "s3n"):
+        lake = f"s3://{rest}"
     return pafs.FileSystem.from_uri(lake)
 
 
@@ -275,10 +296,10 @@ def write_bytes_atomic(lake: str, relative: str, data: bytes) -> str:
     folder, name = path.rsplit("/", 1)
     fs.create_dir(folder, recursive=True)
     tmp = f"{folder}/.{name}.tmp"
-    with fs.open_output_stream(tmp) as out:
+    with fs.open_output_stream(tmp, compression=None) as out:  # the bytes as given
         out.write(data)
     fs.move(tmp, path)
-    return path
+    return f"{lake.rstrip('/')}/{relative}"
 
 
 def delete_matching(lake: str, relative_folder: str, pattern: str) -> None:
@@ -289,6 +310,20 @@ def delete_matching(lake: str, relative_folder: str, pattern: str) -> None:
     for info in fs.get_file_info(pafs.FileSelector(f"{root}/{relative_folder}", allow_not_found=True)):
         if info.type == pafs.FileType.File and fnmatch(info.base_name, pattern):
             fs.delete_file(info.path)
+
+
+def partition_dates(spark: SparkSession, lake: str, table: str) -> list[str]:
+    """The dates of ``table``'s complete partitions (those with ``_SUCCESS``), oldest first."""
+    fs = _Fs(spark, table_uri(lake, table))
+    found = fs.glob(table_uri(lake, table, "dt=*"))
+    return sorted(uri.rsplit("dt=", 1)[1] for uri in found if fs.exists(f"{uri}/_SUCCESS"))
+
+
+def read_partition_manifest(spark: SparkSession, lake: str, table: str, dt: str) -> dict[str, Any] | None:
+    """A partition's ``_manifest.json``, or None if it has none."""
+    uri = f"{partition_uri(lake, table, dt)}/_manifest.json"
+    text = _Fs(spark, uri).read_text(uri)
+    return json.loads(text) if text else None
 
 
 def exists(spark: SparkSession, uri: str) -> bool:

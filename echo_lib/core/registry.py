@@ -96,6 +96,17 @@ HISTORY_DIR = "history"  # one artifact per entry
 LEGACY_HISTORY_FILE = "history.jsonl"  # stores written before entries were separate files
 
 
+def versions_trained_on(cfg: EchoConfig, gold_dates: list[str]) -> list[dict[str, str]]:
+    """Model versions whose training window (tag ``echo.gold_dates``) includes one of ``gold_dates``."""
+    wanted = set(gold_dates)
+    found = []
+    for mv in client(cfg).search_model_versions(f"name='{cfg.mlflow.registered_model}'"):
+        dates = set(filter(None, mv.tags.get("echo.gold_dates", "").split(",")))
+        if dates & wanted:
+            found.append({"version": str(mv.version), "gold_dates": ",".join(sorted(dates & wanted))})
+    return sorted(found, key=lambda v: int(v["version"]))
+
+
 # ---- history -----------------------------------------------------------------------------------
 
 

@@ -291,8 +291,17 @@ def run_build(
 ) -> dict[str, Any]:
     """Build gold for ``dates`` (one or a window); write under ``out_dt`` (default: the last date)."""
     from echo_lib.core import lake as lake_io
+    from echo_lib.mining.erasure import forgotten
 
     settings = settings or DatasetSettings()
+    users, repos = forgotten(lake)  # erasure requests bind every later build
+    if users or repos:
+        settings = settings.model_copy(
+            update={
+                "opt_out_users": sorted({*settings.opt_out_users, *users}),
+                "opt_out_repos": sorted({*settings.opt_out_repos, *repos}),
+            }
+        )
     present = [d for d in dates if lake_io.is_complete(spark, lake, "silver/refinements", d)]
     if not present:
         raise FileNotFoundError(f"no silver refinements for {', '.join(dates)}: run `echoctl mine` first")
@@ -321,17 +330,19 @@ def run_build(
         )
         if say:
             say(f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written")
-    manifest_text = json.dumps(manifest, indent=2, sort_keys=True)
-    manifest["sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
-    lake_io.write_partition(
-        spark,
-        spark.createDataFrame([(manifest_text,)], "manifest string"),
-        lake,
-        "gold/_manifests",
-        out_dt,
-        manifest=manifest,
-        files=1,
-    )
+    return write_gold_manifest(spark, lake, out_dt, manifest)
+
+
+def write_gold_manifest(spark: SparkSession, lake: str, dt: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Seal ``manifest`` with the SHA-256 of its text (without that field) and write it as
+    ``gold/_manifests/dt=D``, the partition that vouches for the gold tables of ``dt``."""
+    from echo_lib.core import lake as lake_io
+
+    manifest = {k: v for k, v in manifest.items() if k != "sha256"}
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    manifest["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    frame = spark.createDataFrame([(text,)], "manifest string")
+    lake_io.write_partition(spark, frame, lake, "gold/_manifests", dt, manifest=manifest, files=1)
     return manifest
 
 

@@ -259,6 +259,21 @@ def quarantined(lines: DataFrame) -> DataFrame:
     )
 
 
+def _scrub_batches(frames):
+    from echo_lib.mining.privacy import scrub
+
+    for frame in frames:
+        for name in ("raw", "detail"):
+            frame[name] = [scrub(value)[0] for value in frame[name]]
+        yield frame
+
+
+def scrubbed(quarantine: DataFrame) -> DataFrame:
+    """Quarantine keeps a bad line for diagnosis, but not the secrets, e-mail addresses or public
+    IPs in it (the same scrubber as gold's)."""
+    return quarantine.mapInPandas(_scrub_batches, quarantine.schema)
+
+
 def dedupe_events(events: DataFrame) -> DataFrame:
     """At-least-once delivery: keep one row per ``event_id`` (the first delivered copy)."""
     from echo_lib.core.spark import first_per_key
@@ -280,14 +295,16 @@ def run_ingest(spark, lake: str, dt: str, limits: Limits = Limits()) -> dict[str
     if not lake_io.exists(spark, raw):
         raise FileNotFoundError(f"no raw partition for {dt}: {raw} does not exist")
     files = spark.read.format("binaryFile").option("pathGlobFilter", "*.jsonl.gz").load(raw)
-    lines = decode_files(files, limits).persist()
-    try:
+    with lake_io.scratch_folder(spark, lake, "bronze/events", dt) as scratch:
+        # decode once into columnar scratch files: every later step reads only the columns it
+        # needs, and nothing has to fit in executor memory (a persist spilled at millions of events)
+        decode_files(files, limits).write.mode("overwrite").parquet(scratch)
+        lines = spark.read.schema(lines_schema()).parquet(scratch)
         counts = {
             r["_reason"]: r["n"] for r in lines.groupBy("_reason").agg(F.count("*").alias("n")).collect()
         }
         valid = valid_events(lines)
-        unique = dedupe_events(valid).persist()
-        written = unique.count()
+        written = valid.select("event_id").distinct().count()  # dedupe_events keeps one row per id
         n_valid = counts.pop(None, 0)
         manifest = {
             "dt": dt,
@@ -301,18 +318,22 @@ def run_ingest(spark, lake: str, dt: str, limits: Limits = Limits()) -> dict[str
             "written": written,
         }
         lake_io.write_partition(
-            spark, unique, lake, "bronze/events", dt, manifest=manifest, sort_within=["session_id", "seq"]
+            spark,
+            dedupe_events(valid),
+            lake,
+            "bronze/events",
+            dt,
+            manifest=manifest,
+            sort_within=["session_id", "seq"],
+            lease=False,  # held by scratch_folder
         )
         lake_io.write_partition(
             spark,
-            quarantined(lines),
+            scrubbed(quarantined(lines)),
             lake,
             "quarantine/events",
             dt,
             manifest={"dt": dt, "quarantined_by_reason": manifest["quarantined_by_reason"]},
             files=1,
         )
-    finally:
-        lines.unpersist()
-    unique.unpersist()
     return manifest

@@ -8,7 +8,7 @@ fragments: provider formats newer than the plugins, unquoted ``KEY=value`` assig
 (``.env`` files, ``export`` lines), credentials in request headers, the base64 body of a private
 key whose header fell outside the window, e-mail addresses, and public IP addresses (validated
 by the standard ``ipaddress`` module). Every rule is measured for recall on planted secrets and
-for false positives on clean code by ``python -m bench.scrub_quality`` (docs/privacy.md).
+for false positives on clean code by ``python -m echo_lib.mining.privacy_quality`` (docs/mining.md).
 """
 
 from __future__ import annotations

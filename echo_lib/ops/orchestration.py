@@ -131,12 +131,18 @@ def simulate(ds: str) -> dict[str, Any]:
 # ---- echo_train -----------------------------------------------------------------------------------
 
 
-def train() -> dict[str, Any]:
+def train(dag_run_id: str | None = None) -> dict[str, Any]:
+    """Train a challenger; a retry of the same DAG run resumes that run's training (its own
+    resume pointer), never another run's or the CLI's."""
     import dataclasses
 
+    from echo_lib.training.refine import resume_pointer
     from echo_lib.training.refine import train as run_train
 
-    return dataclasses.asdict(run_train(_config()))
+    cfg = _config()
+    owner = f"airflow-{dag_run_id}" if dag_run_id else "airflow"
+    resume = resume_pointer(cfg, owner).is_file()
+    return dataclasses.asdict(run_train(cfg, owner=owner, resume=resume))
 
 
 def evaluate(challenger: str) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def recalibrate(cfg: EchoConfig, version: str, against: str, progress: Callable[
     ``against`` (no training): separates what a policy filters from what a model learned."""
     import shutil
 
-    from echo_lib.agent.engine import fetch_model
+    from echo_lib.agent.engine import ModelLoadError, fetch_model
     from echo_lib.core import registry
     from echo_lib.training import lifecycle
 
@@ -234,24 +234,26 @@ def recalibrate(cfg: EchoConfig, version: str, against: str, progress: Callable[
         run_name=f"calibrate-v{version}",
         tags={"echo.parent_version": str(version)},
     )
-    with lifecycle.ending(client, run_id, RuntimeError):
-        model_dir = work / "model"
-        shutil.copytree(source, model_dir, dirs_exist_ok=True)
-        (model_dir / "show_policy.json").unlink(missing_ok=True)
-        policy = calibrate(cfg, model_dir, against, progress)
-        mv = lifecycle.publish(
-            cfg,
-            client,
-            run_id,
-            model_dir=model_dir,
-            metrics={},
-            tags={
-                "echo.stage": "calibrate",
-                "echo.parent": str(version),
-                "echo.weights_of": str(version),
-                **policy_tags(policy),
-            },
-            description=f"v{version}'s weights with a show policy calibrated against v{against} ({policy.describe()})",
-        )
-    shutil.rmtree(work, ignore_errors=True)  # the registered copy lives in the artifact store
+    try:
+        with lifecycle.ending(client, run_id, ValueError, failures=(ValueError, ModelLoadError)):
+            model_dir = work / "model"
+            shutil.copytree(source, model_dir, dirs_exist_ok=True)
+            (model_dir / "show_policy.json").unlink(missing_ok=True)
+            policy = calibrate(cfg, model_dir, against, progress)
+            mv = lifecycle.publish(
+                cfg,
+                client,
+                run_id,
+                model_dir=model_dir,
+                metrics={},
+                tags={
+                    "echo.stage": "calibrate",
+                    "echo.parent": str(version),
+                    "echo.weights_of": str(version),
+                    **policy_tags(policy),
+                },
+                description=f"v{version}'s weights with a show policy calibrated against v{against} ({policy.describe()})",
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the registered copy lives in the artifact store
     return str(mv.version)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -150,7 +151,9 @@ def heal_split(tokenizer, prompt: str, completions: list[str]) -> tuple[str, lis
     encoded = prompt.encode("utf-8", "surrogatepass")
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     _, owed = heal(ids, cached_byte_table(tokenizer))
-    kept = encoded[: len(encoded) - len(owed)].decode("utf-8", "replace")
+    # a healed token holding the end of a character (byte-level BPE splits "é") moves the whole
+    # character to the completions: text rows cannot split a character
+    kept = encoded[: len(encoded) - len(owed)].decode("utf-8", "ignore")
     owed_text = prompt[len(kept) :]
     return kept, [owed_text + c.rstrip("\n") + "\n" for c in completions]
 
@@ -184,11 +187,13 @@ def sft_ids(
     completion alone does not fit."""
     from echo_lib.agent.engine import cached_byte_table, heal, truncate_prompt
 
-    ids, owed_bytes = heal(
-        tokenizer(prompt, add_special_tokens=False)["input_ids"], cached_byte_table(tokenizer)
-    )
-    owed = owed_bytes.decode("utf-8", "replace")
-    target = tokenizer(owed + completion.rstrip("\n") + "\n", add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids, owed_bytes = heal(prompt_ids, cached_byte_table(tokenizer))
+    kept = completion.rstrip("\n") + "\n"
+    try:
+        target = tokenizer(owed_bytes.decode("utf-8") + kept, add_special_tokens=False)["input_ids"]
+    except UnicodeDecodeError:  # the healed token ends a character: it is the target's first token
+        target = [prompt_ids[-1], *tokenizer(kept, add_special_tokens=False)["input_ids"]]
     target = [*target, tokenizer.eos_token_id]
     budget = max_length - len(target)
     if budget < 1:
@@ -338,8 +343,11 @@ def default_steps(rows: int, per_step: int, cap: int) -> int:
 # ---- the job ------------------------------------------------------------------------------------
 
 
-def _latest_pointer(cfg: EchoConfig) -> Path:
-    return cfg.var_path / "work" / "train" / "LATEST"
+def resume_pointer(cfg: EchoConfig, owner: str = "cli") -> Path:
+    """Where an unfinished run of ``owner`` is recorded: ``LATEST`` for the CLI, ``LATEST-<owner>``
+    for others (each Airflow DAG run has its own), so that a retry resumes its own run only."""
+    name = "LATEST" if owner == "cli" else "LATEST-" + re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
+    return cfg.var_path / "work" / "train" / name
 
 
 def train(
@@ -353,6 +361,7 @@ def train(
     resume: bool = False,
     control: bool = False,
     baseline: str | None = None,
+    owner: str = "cli",
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
     """Refine @champion on gold and register @challenger. With ``control``, train the same steps on
@@ -367,7 +376,7 @@ def train(
     client = registry.client(cfg)
     procs = num_procs or cfg.train.num_procs
     if resume:
-        plan = _resumable_plan(cfg)
+        plan = _resumable_plan(cfg, owner)
         progress(f"resuming training run {plan.run_id} ({plan.objective}, gold {', '.join(plan.dates)})")
         client.update_run(plan.run_id, status="RUNNING")
     else:
@@ -376,7 +385,11 @@ def train(
         if baseline is not None and baseline not in BASELINES:
             raise TrainError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
         plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress, baseline)
-    with lifecycle.ending(client, plan.run_id, TrainError, hint="; continue with `echoctl train --resume`"):
+        resume_pointer(cfg, owner).write_text(plan.work)
+    hint = (
+        "; continue with `echoctl train --resume`" if owner == "cli" else "; a retry of this run resumes it"
+    )
+    with lifecycle.ending(client, plan.run_id, TrainError, hint=hint):
         init = plan.parent_dir
         for stage in plan.stages:
             finished = lifecycle.stage_report(stage["checkpoint_dir"]) is not None
@@ -402,7 +415,7 @@ def train(
 
             policy = calibrate(cfg, Path(init), plan.parent_version, progress)
         version = _register(cfg, client, plan, init, policy)
-    _latest_pointer(cfg).unlink(missing_ok=True)
+    resume_pointer(cfg, owner).unlink(missing_ok=True)
     for stage in plan.stages:
         shutil.rmtree(stage["output_dir"], ignore_errors=True)  # the registered copy is in MLflow
     return TrainResult(
@@ -415,10 +428,11 @@ def train(
     )
 
 
-def _resumable_plan(cfg: EchoConfig) -> TrainPlan:
-    pointer = _latest_pointer(cfg)
+def _resumable_plan(cfg: EchoConfig, owner: str) -> TrainPlan:
+    pointer = resume_pointer(cfg, owner)
     if not pointer.is_file():
-        raise TrainError("nothing to resume: no interrupted `echoctl train` in this var/ folder")
+        who = "`echoctl train`" if owner == "cli" else owner
+        raise TrainError(f"nothing to resume: no interrupted {who} in this var/ folder")
     work = Path(pointer.read_text().strip())
     if not (work / "plan.json").is_file():
         raise TrainError(f"nothing to resume: {work}/plan.json is missing")
@@ -606,7 +620,6 @@ def _plan(
         client.set_tag(plan.run_id, "echo.error", str(exc)[:500])
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _latest_pointer(cfg).write_text(str(work))
     return plan
 
 

@@ -3,7 +3,7 @@
 Global options come before the command: ``echoctl --config prod.yaml --set spark.master=yarn doctor``.
 Every command prints a short human summary (or one JSON object with ``--json``) and exits non-zero
 with a one-line reason on failure. The commands live by group: ``stack`` (config, doctor, airflow),
-``data`` (world and mining), ``model`` (bootstrap, train, calibrate), ``judge`` (evaluate, compare,
+``data`` (world, mining and erasure), ``model`` (bootstrap, train, calibrate), ``judge`` (evaluate, compare,
 promote, rollback, history); what they share is in ``common``.
 """
 
@@ -60,6 +60,7 @@ for name, command in (
     ("ingest", data.ingest),
     ("mine", data.mine),
     ("build-dataset", data.build_dataset),
+    ("forget", data.forget),
     ("train", model.train),
     ("evaluate", judge.evaluate),
     ("calibrate", model.calibrate),

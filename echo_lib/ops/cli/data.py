@@ -199,3 +199,30 @@ def build_dataset(
     console.print(table)
     rows = ", ".join(f"{k} {v['rows']:,}" for k, v in m["datasets"].items())
     console.print(f"gold/{m['dt']}: {rows} (MLflow run {m.get('mlflow_run_id')})", highlight=False)
+
+
+def forget(
+    ctx: typer.Context,
+    user: Annotated[list[str] | None, typer.Option("--user", help="user id to erase (repeatable)")] = None,
+    repo: Annotated[list[str] | None, typer.Option("--repo", help="repo id to erase (repeatable)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Erase users' or repos' data from the lake (raw to gold), record the request so later builds
+    leave them out, and list the model versions trained on it (spark-submit)."""
+    from echo_lib.core.registry import actor, versions_trained_on
+
+    if not user and not repo:
+        raise fail("give --user or --repo", code=2)
+    cfg = loaded(ctx).config
+    args = [*(a for u in user or [] for a in ("--user", u)), *(a for r in repo or [] for a in ("--repo", r))]
+    result = _spark_job(cfg, "forget", [*args, "--who", actor()], log_name="forget", doing="erasing")
+    result["model_versions"] = versions_trained_on(cfg, result["gold_dates"])
+    if printed_json(as_json, result):
+        return
+    removed = ", ".join(f"{table} {n:,}" for table, n in result["removed_rows"].items() if n) or "nothing"
+    console.print(f"recorded the request; rows removed: {removed}", highlight=False)
+    if result["model_versions"]:
+        versions = ", ".join(f"v{v['version']} (gold {v['gold_dates']})" for v in result["model_versions"])
+        console.print(
+            f"trained on their data (retrain to erase it from weights too): {versions}", highlight=False
+        )
