@@ -323,6 +323,10 @@ def main() -> None:
             "scaling exponent (slope of log time on log events):",
             ", ".join(f"{k} {v:.2f}" for k, v in result["scaling_exponent"].items()),
         )
+    print(
+        "refinements (Spark / DuckDB):",
+        ", ".join(f"{r['spark_refinements']:,} / {r['duckdb_refinements']:,}" for r in rows),
+    )
     print("peak memory MB:", ", ".join(f"{k} {v:.0f}" for k, v in memory.peak.items()))
 
 
