@@ -50,7 +50,14 @@ def write_gold(lake: Path, dt: str, n: int = 48, *, drop_column: str | None = No
         split = "validation" if i % 16 == 15 else "train"
         sft.append({"request_id": rid, "prompt": prompt, "completion": final, "split": split})
         pref.append(
-            {"request_id": rid, "prompt": prompt, "chosen": final, "rejected": proposal, "split": split}
+            {
+                "request_id": rid,
+                "prompt": prompt,
+                "chosen": final,
+                "rejected": proposal,
+                "outcome": "rejected_rewritten",
+                "split": split,
+            }
         )
         kto.append(
             {"request_id": rid, "prompt": prompt, "completion": final, "label": i % 2 == 0, "split": split}
