@@ -19,7 +19,7 @@ from echo_lib.core.spark import first_per_key, schema
 from echo_lib.mining.privacy import scrub
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 SCRUBBED_FIELDS = ("prefix", "suffix", "proposal", "final")
 # The gold tables, defined once: to_sft, to_preference and to_kto produce exactly these (tested),
@@ -51,10 +51,15 @@ def denoise(df: DataFrame) -> DataFrame:
     return first_per_key(df, ["session_id", "offset", "proposal"], "shown_ts", "request_id")
 
 
-def opt_out(df: DataFrame, *, users: list[str], repos: list[str]) -> DataFrame:
+def of_users_or_repos(users: list[str], repos: list[str]) -> Column:
+    """Rows of these users or repos (a table with ``user_id`` and ``repo_id``)."""
     from pyspark.sql import functions as F
 
-    return df.where(~F.col("user_id").isin(users or [""]) & ~F.col("repo_id").isin(repos or [""]))
+    return F.col("user_id").isin(users or [""]) | F.col("repo_id").isin(repos or [""])
+
+
+def opt_out(df: DataFrame, *, users: list[str], repos: list[str]) -> DataFrame:
+    return df.where(~of_users_or_repos(users, repos))
 
 
 def cap_contributions(df: DataFrame, *, per_user: int, per_file: int) -> DataFrame:

@@ -65,13 +65,6 @@ def forgotten(lake: str) -> tuple[list[str], list[str]]:
     return sorted(users), sorted(repos)
 
 
-def theirs(users: list[str], repos: list[str]) -> Column:
-    """Rows of these users or repos (a table with ``user_id`` and ``repo_id``)."""
-    from pyspark.sql import functions as F
-
-    return F.col("user_id").isin(users or [""]) | F.col("repo_id").isin(repos or [""])
-
-
 def mentions(column: str, ids: list[str]) -> Column:
     """Rows whose ``column`` holds one of ``ids`` as text (unparsed lines)."""
     from functools import reduce
@@ -117,7 +110,13 @@ def run_forget(
     """Record the request, then rewrite every partition holding the users' or repos' data."""
 
     from echo_lib.core import lake as lake_io
-    from echo_lib.mining.dataset import GOLD_SCHEMAS, content_hash, write_gold_manifest
+    from echo_lib.mining.dataset import (
+        GOLD_SCHEMAS,
+        content_hash,
+        of_users_or_repos,
+        opt_out,
+        write_gold_manifest,
+    )
 
     if not users and not repos:
         raise ValueError("name at least one user or repo to forget")
@@ -150,7 +149,7 @@ def run_forget(
 
         mine = reduce(
             lambda a, b: a.unionByName(b),
-            (f.where(theirs(users, repos)).select("request_id", "session_id") for f in keyed),
+            (f.where(of_users_or_repos(users, repos)).select("request_id", "session_id") for f in keyed),
         ).distinct()
     else:
         mine = spark.createDataFrame([], "request_id string, session_id string")
@@ -181,7 +180,7 @@ def run_forget(
             "silver/refinements",
             dt,
             frame,
-            frame.where(~theirs(users, repos)),
+            opt_out(frame, users=users, repos=repos),
             sort_within=["session_id", "shown_ts"],
         )
     for dt, frame in table("quarantine/orphans"):
@@ -189,7 +188,11 @@ def run_forget(
     # 3. bronze
     for dt, frame in table("bronze/events"):
         rewrite(
-            "bronze/events", dt, frame, frame.where(~theirs(users, repos)), sort_within=["session_id", "seq"]
+            "bronze/events",
+            dt,
+            frame,
+            opt_out(frame, users=users, repos=repos),
+            sort_within=["session_id", "seq"],
         )
     # 4. quarantined lines that mention them
     ids = [*users, *repos]
