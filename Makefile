@@ -18,11 +18,12 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/var/cache/torch_extensions
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test lint doctor airflow airflow-down mlflow clean reset
+.PHONY: help install demo test flywheel lint doctor airflow airflow-down mlflow clean reset
 
 help:
 	@echo "make demo    run Echo end to end on embedded defaults (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv on first use)"
+	@echo "make flywheel  Echo against every baseline, round by round; report in docs/results.md (hours)"
 	@echo "make lint    ruff over the tree"
 	@echo "make airflow start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1"
 	@echo "make airflow-down  stop them"
@@ -48,6 +49,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest
+
+# Override on the command line, e.g. make flywheel FLYWHEEL_ARGS="--rounds 5 --arms echo,control"
+FLYWHEEL_ARGS ?= --rounds 3 --arms echo,control,naive-accepted,repo
+
+flywheel: $(STAMP)
+	@$(BIN)/echoctl bootstrap
+	@$(BIN)/echoctl flywheel $(FLYWHEEL_ARGS) --results-md docs/results.md
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

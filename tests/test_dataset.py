@@ -154,6 +154,37 @@ def test_gold_has_no_secrets_and_the_funnel_reconciles(spark, silver: Path) -> N
     assert m["datasets"]["kto"]["rows"] == 80
 
 
+def test_naive_harvests_skip_echos_steps_but_not_privacy_or_decontamination(spark, silver: Path) -> None:
+    from echo_lib.mining.dataset import NAIVE_STEPS
+
+    heldout = ["    return self._cache.get(key, default)\n"]
+    raw = run_build(spark, str(silver), ["2026-11-24"], heldout, settings=DatasetSettings(harvest="raw"))
+    steps = {s["step"]: s for s in raw["funnel"] if "rows_in" in s}
+    assert tuple(steps) == NAIVE_STEPS
+    assert steps["decontaminated"]["dropped"] == 1  # evaluation hygiene applies to every arm alike
+    # 46 rows less the never-settled one and the held-out line: the trivial, duplicate and
+    # near-duplicate rows stay (no denoising, deduplication or caps)
+    assert steps["settled"]["dropped"] == 1 and raw["datasets"]["sft"]["rows"] == 44
+    text = gold_text(spark, silver)
+    assert all(secret not in text for secret in SECRETS.values())
+
+    accepted = run_build(
+        spark, str(silver), ["2026-11-24"], heldout, settings=DatasetSettings(harvest="accepted")
+    )
+    assert accepted["datasets"]["sft"]["rows"] == 0  # no proposal in this silver was accepted as shown
+
+
+def test_accepted_harvest_keeps_the_proposal_as_shown(spark, tmp_path: Path) -> None:
+    rows = [row(i) for i in range(6)]
+    for i in (1, 4):
+        rows[i].update(outcome="accepted_unchanged", reaction="accepted", final=rows[i]["proposal"] + " ")
+    write_silver(spark, tmp_path, rows)
+    m = run_build(spark, str(tmp_path), ["2026-11-24"], [], settings=DatasetSettings(harvest="accepted"))
+    sft = spark.read.parquet(str(tmp_path / "gold" / "sft" / "dt=2026-11-24")).collect()
+    assert m["datasets"]["sft"]["rows"] == 2
+    assert sorted(r["completion"] for r in sft) == ["return value_1", "return value_4"]
+
+
 def test_rebuild_is_identical(spark, silver: Path) -> None:
     first = run_build(spark, str(silver), ["2026-11-24"], [])
     second = run_build(spark, str(silver), ["2026-11-24"], [])

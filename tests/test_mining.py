@@ -164,6 +164,22 @@ def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
     assert (row["final"], row["final_source"], row["outcome"]) == ("42", "replay", "rejected_rewritten")
 
 
+def test_as_arrived_keeps_the_first_snapshot_a_naive_harvester_would(spark) -> None:
+    """The naive-raw baseline's text is the first snapshot (mid-edit); Echo's is the settled one."""
+    rows = [
+        event(0, "session_start", doc_len=10),
+        shown(1, "a", "42"),
+        event(2, "completion_rejected", request_id="a", reason="typed_over"),
+        snapshot(3, "a", "4", age=5),
+        snapshot(4, "a", "43", age=30),
+        snapshot(5, "a", "47", age=120),
+    ]
+    [settled] = mine(frame(spark, rows))[0].collect()
+    [raw] = mine(frame(spark, rows), as_arrived=True)[0].collect()
+    assert (settled["final"], settled["snapshot_age_s"]) == ("47", 120)
+    assert (raw["final"], raw["snapshot_age_s"]) == ("4", 5)
+
+
 # --------------------------------------------------------------------------- world data, known truth
 
 

@@ -225,6 +225,12 @@ class DatasetSettings(_Section):
     opt_out_repos: list[str] = Field(
         default_factory=list, description="repo ids whose data never reaches gold"
     )
+    harvest: Literal["refinements", "accepted", "raw"] = Field(
+        "refinements",
+        description="what gold keeps: refinements (Echo: settled code, denoised, deduplicated, capped); "
+        "accepted (naive baseline: proposals accepted unchanged); raw (naive baseline: the text as it "
+        "first arrived, mined with as_arrived). Privacy, opt-out and decontamination apply to all",
+    )
 
 
 class LearnSettings(_Section):
@@ -253,6 +259,13 @@ class LearnSettings(_Section):
         True,
         description="SFT also learns the code around each refinement (its prompt), once per stretch of "
         "code, as full-loss blocks",
+    )
+    team_files_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="SFT: share of the context blocks replaced by blocks of the team's own files "
+        "(experience split), at the same loss tokens; 0 = refinements and their context only",
     )
     beta: float = Field(0.1, gt=0, description="DPO/KTO beta")
     save_steps: int = Field(50, gt=0, description="checkpoint every K steps (resume point)")
@@ -532,6 +545,16 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_readable(exc, origin)) from exc
     return LoadedConfig(config=config, origin=origin, file=path)
+
+
+def with_overrides(cfg: EchoConfig, overrides: Mapping[str, Any]) -> EchoConfig:
+    """``cfg`` with dotted keys replaced (``{"lake.uri": "..."}``), validated again."""
+    flat = _flatten(cfg.model_dump())
+    flat.update(overrides)
+    try:
+        return EchoConfig(**_nest(flat))
+    except ValidationError as exc:
+        raise ConfigError(_readable(exc, {k: "override" for k in overrides})) from exc
 
 
 def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:

@@ -33,6 +33,10 @@ GOLD_SCHEMAS = {
 }
 
 
+# the steps every harvest applies (privacy, opt-out, evaluation hygiene); the rest are Echo's method
+NAIVE_STEPS = ("settled", "opted_in", "scrubbed", "decontaminated")
+
+
 def settled(df: DataFrame) -> DataFrame:
     return df.where("final IS NOT NULL")
 
@@ -230,6 +234,10 @@ def build(
 ) -> tuple[dict[str, DataFrame], list[dict[str, Any]]]:
     """Run the funnel; return the gold frames and the funnel (rows in/out of every step, also
     told to ``say`` as each step is counted)."""
+    if settings.harvest == "accepted":  # what simple harvesting keeps: accepted proposals as shown
+        from pyspark.sql import functions as F
+
+        silver = silver.where(F.col("outcome") == "accepted_unchanged").withColumn("final", F.col("proposal"))
     steps = [
         ("settled", "no settled code (no snapshot, replay failed)", settled),
         (
@@ -257,6 +265,8 @@ def build(
         ),
         ("decontaminated", "completed line appears in held-out code", lambda d: decontaminate(d, heldout)),
     ]
+    if settings.harvest != "refinements":  # the naive baselines skip Echo's own quality steps
+        steps = [step for step in steps if step[0] in NAIVE_STEPS]
     funnel, current = [], silver
     rows_in = current.count()
     for name, reason, step in steps:

@@ -49,8 +49,13 @@ def scope_sessions(events: DataFrame, dt: str) -> DataFrame:
     return unique.join(first_seen.where(F.col("_first_dt") == dt), "session_id").drop("_first_dt")
 
 
-def link(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, DataFrame]:
-    """(refinements without replayed finals, orphans). Pure DataFrame -> DataFrame."""
+def link(
+    events: DataFrame, *, settle_s: int = SETTLE_S, as_arrived: bool = False
+) -> tuple[DataFrame, DataFrame]:
+    """(refinements without replayed finals, orphans). Pure DataFrame -> DataFrame.
+
+    ``as_arrived`` takes the *first* snapshot instead of the settled one: the text as a naive
+    harvester of raw logs would keep it, mid-edit trial and error included (a flywheel baseline)."""
     from pyspark.sql import functions as F
 
     shown = first_per_key(events.where(F.col("event_type") == "completion_shown"), SESSION_KEY, "seq").select(
@@ -87,11 +92,15 @@ def link(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, Dat
         .agg(F.countDistinct("event_type").alias("kinds"))
         .where("kinds > 1")
     )
+    order = [F.col("age_s"), F.col("seq")]
+    age, seq = [c.asc() for c in order] if as_arrived else [c.desc() for c in order]
     snapshots = first_per_key(
-        events.where((F.col("event_type") == "region_snapshot") & (F.col("age_s") >= settle_s)),
+        events.where(
+            (F.col("event_type") == "region_snapshot") & (F.col("age_s") >= (0 if as_arrived else settle_s))
+        ),
         SESSION_KEY,
-        F.col("age_s").desc(),
-        F.col("seq").desc(),
+        age,
+        seq,
     ).select(
         *SESSION_KEY,
         F.col("text").alias("snapshot_text"),
@@ -240,9 +249,11 @@ SILVER_SCHEMA = schema(
 )
 
 
-def mine(events: DataFrame, *, settle_s: int = SETTLE_S) -> tuple[DataFrame, DataFrame]:
+def mine(
+    events: DataFrame, *, settle_s: int = SETTLE_S, as_arrived: bool = False
+) -> tuple[DataFrame, DataFrame]:
     """Scoped, deduplicated events -> (silver refinements, orphans)."""
-    linked, orphans = link(events, settle_s=settle_s)
+    linked, orphans = link(events, settle_s=settle_s, as_arrived=as_arrived)
     return classify(add_finals(events, linked)).select(*SILVER_SCHEMA.fieldNames()), orphans
 
 
@@ -258,7 +269,9 @@ def read_bronze(spark: SparkSession, lake: str, dates: list[str]) -> DataFrame:
     return frame.withColumn("dt", F.date_format("dt", "yyyy-MM-dd"))
 
 
-def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_S) -> dict[str, Any]:
+def run_mine(
+    spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_S, as_arrived: bool = False
+) -> dict[str, Any]:
     """Mine silver refinements for ``dt`` (with the lookback rule); return the manifest."""
     from pyspark.sql import functions as F
 
@@ -272,7 +285,7 @@ def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_
     bronze = read_bronze(spark, lake, dates)
     events = scope_sessions(bronze, dt).persist()
     try:
-        silver, orphans = mine(events, settle_s=settle_s)
+        silver, orphans = mine(events, settle_s=settle_s, as_arrived=as_arrived)
         silver = silver.persist()
         # one aggregate per frame for every count of the manifest (each count() is a Spark job)
         by_outcome: dict[str, int] = {}
@@ -298,6 +311,7 @@ def run_mine(spark: SparkSession, lake: str, dt: str, *, settle_s: int = SETTLE_
             "final_source": dict(sorted(by_source.items())),
             "orphans": dict(sorted(by_orphan.items())),
             "settle_s": settle_s,
+            "as_arrived": as_arrived,
         }
         lake_io.write_partition(
             spark,

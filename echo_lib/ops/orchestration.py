@@ -109,23 +109,11 @@ def gold_manifest(ds: str) -> dict[str, Any]:
 def simulate(ds: str) -> dict[str, Any]:
     from datetime import date
 
-    from echo_lib.world.runner import ProgressLines, simulate_day
+    from echo_lib.world.runner import DAY_SUMMARY, ProgressLines, simulate_day
 
     lines = ProgressLines(print, f"world {ds}")  # Airflow's task log shows the world's pace
     summary = simulate_day(_config(), date.fromisoformat(ds), on_plan=lines.plan, progress=lines)
-    keep = (
-        "date",
-        "sessions",
-        "requests",
-        "shown",
-        "accepted",
-        "acceptance_rate",
-        "retained_per_request",
-        "events",
-        "lines",
-        "model_version",
-    )
-    return {k: summary[k] for k in keep}
+    return {k: summary[k] for k in DAY_SUMMARY}
 
 
 # ---- echo_train -----------------------------------------------------------------------------------

@@ -361,12 +361,16 @@ def train(
     resume: bool = False,
     control: bool = False,
     baseline: str | None = None,
+    as_challenger: bool = False,
     owner: str = "cli",
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
     """Refine @champion on gold and register @challenger. With ``control``, train the same steps on
     the same number of rows of public code instead of gold and register it as @control: the
-    equal-compute baseline that tells learning from refinements apart from more training."""
+    equal-compute baseline that tells learning from refinements apart from more training.
+
+    ``as_challenger`` registers a baseline's model as @challenger, promotable: a flywheel arm runs
+    the baseline as its own closed loop, in its own registered model."""
     from echo_lib.core import registry
     from echo_lib.core.tracking import configure_mlflow
     from echo_lib.training import lifecycle
@@ -384,7 +388,17 @@ def train(
             baseline = baseline or "public"
         if baseline is not None and baseline not in BASELINES:
             raise TrainError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-        plan = _plan(cfg, start, end, objective or cfg.learn.objective, procs, max_steps, progress, baseline)
+        plan = _plan(
+            cfg,
+            start,
+            end,
+            objective or cfg.learn.objective,
+            procs,
+            max_steps,
+            progress,
+            baseline,
+            control=baseline is not None and not as_challenger,
+        )
         resume_pointer(cfg, owner).write_text(plan.work)
     hint = (
         "; continue with `echoctl train --resume`" if owner == "cli" else "; a retry of this run resumes it"
@@ -448,6 +462,8 @@ def _plan(
     max_steps: int | None,
     progress: Callable[[str], None],
     baseline: str | None = None,
+    *,
+    control: bool = False,
 ) -> TrainPlan:
     """Validate the data, fetch the champion, shape the rows and open the MLflow run."""
     import pandas as pd
@@ -460,8 +476,7 @@ def _plan(
 
     if objective not in STAGES:
         raise TrainError(f"unknown objective {objective!r}; choose one of {', '.join(STAGES)}")
-    control = baseline is not None
-    if control and "dpo" in STAGES[objective]:
+    if baseline is not None and "dpo" in STAGES[objective]:
         raise TrainError(
             "an equal-compute control exists for sft and kto (public code has no preference pairs)"
         )
@@ -546,6 +561,12 @@ def _plan(
                     count = math.ceil((loss_tokens(rows) + loss_tokens(extra)) / context)
                     rows = replay_blocks(team, count, tokenizer, context, learn.seed + 102, source=baseline)
                     extra = []
+                elif learn.team_files_share > 0:  # echo+repo: the team's files beside gold
+                    team = [f.text for f in corpus.scan(corpus.team_repos(cfg), cfg).select("experience")]
+                    count = math.ceil(learn.team_files_share * len(extra))
+                    extra = extra[: len(extra) - count] + replay_blocks(
+                        team, count, tokenizer, context, learn.seed + 103, source="team-experience"
+                    )
                 rows += extra + replay
             else:
                 n_replay = replay_count(len(rows), learn.replay_share) if stage != "dpo" else 0
@@ -751,8 +772,9 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=N
             f"on {rows:,} rows of {'public' if plan.baseline in (None, 'public') else 'team'} code, the compute "
             f"gold {plan.dates[0]}..{plan.dates[-1]} gave; never promoted."
             if plan.control
-            else f"{plan.objective} from v{plan.parent_version} on gold {plan.dates[0]}..{plan.dates[-1]} "
-            f"({rows:,} rows incl. replay); challenger until `echoctl promote`."
+            else f"{plan.objective} from v{plan.parent_version} on "
+            + (f"the {plan.baseline} baseline's data" if plan.baseline else "gold")
+            + f" {plan.dates[0]}..{plan.dates[-1]} ({rows:,} rows incl. replay); challenger until the gate runs."
         ),
         alias=BASELINES[plan.baseline or "public"][0] if plan.control else registry.CHALLENGER,
     )

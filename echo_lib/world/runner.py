@@ -89,6 +89,21 @@ def world_files(
     return files
 
 
+# what a day's summary says in a task log or an experiment's state (the rest is detail)
+DAY_SUMMARY = (
+    "date",
+    "sessions",
+    "requests",
+    "shown",
+    "accepted",
+    "acceptance_rate",
+    "retained_per_request",
+    "events",
+    "lines",
+    "model_version",
+)
+
+
 def simulate_day(
     cfg: EchoConfig,
     day: date,

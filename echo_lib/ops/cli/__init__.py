@@ -4,7 +4,7 @@ Global options come before the command: ``echoctl --config prod.yaml --set spark
 Every command prints a short human summary (or one JSON object with ``--json``) and exits non-zero
 with a one-line reason on failure. The commands live by group: ``stack`` (config, doctor, airflow),
 ``data`` (world, mining and erasure), ``model`` (bootstrap, train, calibrate), ``judge`` (evaluate, compare,
-promote, rollback, history); what they share is in ``common``.
+promote, rollback, history), ``experiment`` (flywheel); what they share is in ``common``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from echo_lib.core.config import ConfigError, load_config, parse_overrides
-from echo_lib.ops.cli import data, judge, model, stack
+from echo_lib.ops.cli import data, experiment, judge, model, stack
 from echo_lib.ops.cli.common import fail
 
 app = typer.Typer(
@@ -68,6 +68,7 @@ for name, command in (
     ("promote", judge.promote),
     ("rollback", judge.rollback),
     ("history", judge.history),
+    ("flywheel", experiment.flywheel),
 ):
     app.command(name)(command)
 app.add_typer(stack.config_app, name="config")

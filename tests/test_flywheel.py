@@ -1,0 +1,234 @@
+"""The flywheel experiment: arms in sandboxes of their own, the report's arithmetic, and a 2-round,
+2-arm experiment on the tiny preset end to end, killed mid-training and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from echo_lib.core.config import load_config
+from echo_lib.ops import flywheel, flywheel_report
+from tests.conftest import copy_var, echoctl_env
+
+
+def settings(**overrides) -> flywheel.Settings:
+    cfg = load_config().config
+    kwargs = dict(
+        name="t", arms=["echo", "control"], rounds=2, seeds=1, sessions_per_day=8, start_date="2026-01-05"
+    )
+    return flywheel.settings_for(cfg, **{**kwargs, **overrides})
+
+
+def test_each_arm_has_its_own_sandbox_and_the_same_budget() -> None:
+    cfg = load_config().config
+    s = settings(arms=list(flywheel.ARMS))
+    configs = {arm: flywheel.arm_config(cfg, s, arm, 0) for arm in s.arms}
+    for attribute in ("lake_uri", "mlflow_tracking_uri"):
+        values = {getattr(c, attribute) for c in configs.values()}
+        assert len(values) == (len(configs) if attribute == "lake_uri" else 1)  # one store, many lakes
+    assert len({c.mlflow.registered_model for c in configs.values()}) == len(configs)
+    assert {c.learn.max_steps for c in configs.values()} == {cfg.learn.max_steps_cap}  # equal compute
+    assert {c.world.seed for c in configs.values()} == {cfg.world.seed}  # the same simulated days
+    assert configs["naive-raw"].dataset.harvest == "raw" and flywheel.ARMS["naive-raw"].as_arrived
+    assert configs["naive-accepted"].dataset.harvest == "accepted"
+    assert configs["echo-no-policy"].calibration.policy == "confidence"
+    assert configs["echo"].calibration.policy == configs["control"].calibration.policy == "logistic"
+    assert configs["echo+repo"].learn.team_files_share == 0.5
+    # a second seed is an independent replicate: other days, other held-out sessions
+    other = flywheel.arm_config(cfg, s, "echo", 1)
+    assert other.world.seed != configs["echo"].world.seed
+    assert other.world.acceptance_seed != configs["echo"].world.acceptance_seed
+    assert other.lake_uri != configs["echo"].lake_uri
+
+
+def test_bad_experiments_are_refused_with_the_reason() -> None:
+    with pytest.raises(flywheel.FlywheelError, match="unknown arm"):
+        settings(arms=["echo", "magic"])
+    with pytest.raises(flywheel.FlywheelError, match="learn.objective=sft"):
+        flywheel.settings_for(
+            load_config(overrides={"learn.objective": "dpo"}).config,
+            name="t",
+            arms=["echo", "control"],
+            rounds=1,
+            seeds=1,
+            sessions_per_day=None,
+            start_date="2026-01-05",
+        )
+
+
+def measurement(accepted: list[int], shown: list[int], retained: list[int]) -> dict:
+    sessions = [
+        {"session_id": f"x{i}", "requests": 10, "shown": s, "accepted": a, "retained_chars": r}
+        for i, (a, s, r) in enumerate(zip(accepted, shown, retained, strict=True))
+    ]
+    return {"version": "1", "per_session": sessions}
+
+
+def test_report_pairs_every_difference_and_judges_the_targets(tmp_path: Path) -> None:
+    n = 40
+    v0 = measurement([1] * n, [5] * n, [10] * n)  # acceptance 20%
+    better = measurement([2] * n, [5] * n, [20] * n)  # 40%: 2x v0, more kept
+    same = measurement([1] * n, [5] * n, [10] * n)
+
+    def cell(m: dict, verdict: str) -> dict:
+        return {
+            "child_run_id": "run",
+            "day": "2026-01-05",
+            "steps": {
+                "world": {"accepted": 10, "shown": 50, "seconds": 1.0},
+                "nightly": {"gold_rows": {"sft": 100}, "seconds": 1.0},
+                "train": {"loss_tokens": 1000, "steps": 4, "seconds": 1.0},
+                "gate": {"version": "2", "verdict": verdict, "seconds": 1.0},
+                "measure": {**m, "version": "2" if verdict == "pass" else "1", "seconds": 0.0},
+            },
+        }
+
+    data = {
+        "settings": {**flywheel.asdict(settings(rounds=3)), "name": "unit"},
+        "v0": {"name": "echo-agent", "version": "1", "tags": {"echo.preset": "tiny"}},
+        "seeds": {"0": {"v0_measure": v0}},
+        "cells": {
+            f"s0/{arm}/r{r}": cell(better if arm == "echo" else same, "pass" if arm == "echo" else "fail")
+            for arm in ("echo", "control")
+            for r in (1, 2, 3)
+        },
+    }
+    summary = flywheel_report.summarise(data)
+    echo = summary["cells"][("echo", 3)]
+    assert echo["acceptance"][0] == pytest.approx(0.4)
+    assert echo["acceptance_vs_v0"][0] == pytest.approx(0.2)  # paired: the same sessions
+    assert echo["retained_vs_v0"][0] == pytest.approx(1.0)  # 10 more characters over 10 requests
+    gap = summary["comparisons"][("echo", "control", 3)]["acceptance"]
+    assert gap[0] == pytest.approx(0.2) and gap[1] > 0
+    verdicts = {t: v for t, _, v in flywheel_report.targets(data, summary)}
+    assert (
+        verdicts["echo acceptance >= 1.4x v0 after round 3, paired CI low > 0, retained not lower"] == "met"
+    )
+    assert verdicts["echo above control after round 3 (paired acceptance CI above 0)"] == "met"
+    assert verdicts["echo above naive-raw after round 3 (paired acceptance CI above 0)"] == "not measured"
+
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n\nhand-written text stays\n")
+    for _ in range(2):  # regenerating replaces the section, never appends a second one
+        paths = flywheel_report.write(data, tmp_path / "results", results)
+    text = results.read_text()
+    assert text.count(flywheel_report.MARK_BEGIN) == 1 and "hand-written text stays" in text
+    assert "| 3 | echo - control | +20.00% [" in text
+    assert "](results/flywheel-unit-acceptance.png)" in text
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    # a round some arm has not finished is not reported as if it had
+    del data["cells"]["s0/control/r3"]
+    assert ("control", 3) not in flywheel_report.summarise(data)["cells"]
+
+
+SETTINGS = [
+    "world.sessions=8",
+    "world.acceptance_sessions=8",
+    "engine.show_threshold=0",  # the tiny model is rarely confident: show its proposals anyway
+    "learn.max_steps=2",
+    "promotion.forgetting_samples=20",
+    "promotion.offline_max_rows=50",
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.driver_memory=1g",
+    "train.num_procs=1",
+]
+
+
+@pytest.mark.integration
+def test_two_rounds_two_arms_killed_mid_training_and_resumed(bootstrapped: dict, tmp_path: Path) -> None:
+    from echo_lib.core import registry
+
+    var = copy_var(bootstrapped["var"], tmp_path / "var")
+    options = [x for kv in SETTINGS for x in ("--set", kv)]
+    command = [
+        str(Path(sys.executable).with_name("echoctl")),
+        *options,
+        "flywheel",
+        "--rounds",
+        "2",
+        "--arms",
+        "echo,control",
+        "--name",
+        "t",
+        "--report-dir",
+        str(tmp_path / "report"),
+        "--json",
+    ]
+    env = echoctl_env(var)
+    state_path = var / "flywheel" / "t" / "state.json"
+    pointer = var / "work" / "train" / "LATEST-flywheel-echo-agent-t-echo-s0"
+
+    # kill -9 the whole experiment (ranks included) once round 1 of `echo` is training
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 600
+    while not pointer.is_file():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads(state_path.read_text())
+    done = before["cells"]["s0/echo/r1"]["steps"]
+    assert set(done) == {"world", "nightly"}  # the unit of resume: finished steps are kept
+    interrupted_run = Path(pointer.read_text().strip()).name
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    state = json.loads(state_path.read_text())
+    assert sorted(state["cells"]) == ["s0/control/r1", "s0/control/r2", "s0/echo/r1", "s0/echo/r2"]
+    echo_r1 = state["cells"]["s0/echo/r1"]["steps"]
+    assert echo_r1["world"] == done["world"] and echo_r1["nightly"] == done["nightly"]  # not redone
+    assert echo_r1["train"]["run_id"] == interrupted_run  # the killed training resumed, no new run
+
+    cfg = load_config(overrides={"var_dir": str(var)}).config
+    client = registry.client(cfg)
+    for arm in ("echo", "control"):
+        name = f"{cfg.mlflow.registered_model}-t-{arm}-s0"
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        assert versions == [1, 2, 3]  # v0, one challenger a round: nothing trained twice
+        v0 = client.get_model_version(name, "1")
+        assert v0.tags["echo.stage"] == "bootstrap"  # every arm starts from the same v0
+        r1 = client.get_model_version(name, state["cells"][f"s0/{arm}/r1"]["steps"]["train"]["version"])
+        assert r1.tags["echo.baseline"] == ("public" if arm == "control" else "none")
+        assert r1.tags["echo.gate.verdict"] in ("pass", "fail")
+    # round 1 serves v0 to every arm on the same simulated day: the same traffic, event for event
+    worlds = [
+        {
+            k: v
+            for k, v in state["cells"][f"s0/{arm}/r1"]["steps"]["world"].items()
+            if k not in ("seconds", "model_version")
+        }
+        for arm in ("echo", "control")
+    ]
+    assert worlds[0] == worlds[1] and worlds[0]["events"] > 0
+    # one MLflow experiment: the parent run and a child per arm-round
+    experiment = client.get_experiment_by_name(f"{cfg.mlflow.experiment}-flywheel")
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted((c.data.tags["echo.arm"], c.data.tags["echo.round"]) for c in children) == [
+        ("control", "1"),
+        ("control", "2"),
+        ("echo", "1"),
+        ("echo", "2"),
+    ]
+    assert all("acceptance" in c.data.metrics for c in children)
+    report = (tmp_path / "report" / "flywheel-t.md").read_text()
+    assert "| 2 | echo - control |" in report
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/flywheel-t.md",
+        "report/flywheel-t-acceptance.png",
+    }
