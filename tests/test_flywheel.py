@@ -63,6 +63,19 @@ def test_bad_experiments_are_refused_with_the_reason() -> None:
         )
 
 
+def test_an_orphaned_sandbox_is_not_resumed_silently(var_dir: Path) -> None:
+    """Arms whose state file is gone would start from their old champion, not v0: refuse."""
+    from echo_lib.core import registry
+
+    cfg = load_config().config
+    s = settings()
+    name = flywheel.arm_config(cfg, s, "control", 0).mlflow.registered_model
+    registry.client(cfg).create_registered_model(name)
+    with pytest.raises(flywheel.FlywheelError, match="--restart"):
+        flywheel.run(cfg, s)
+    assert not (flywheel.root(cfg, s.name) / "state.json").exists()
+
+
 def measurement(accepted: list[int], shown: list[int], retained: list[int]) -> dict:
     sessions = [
         {"session_id": f"x{i}", "requests": 10, "shown": s, "accepted": a, "retained_chars": r}
@@ -143,6 +156,7 @@ SETTINGS = [
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # about 6 minutes on a quiet machine; two processes, four arm-rounds
 def test_two_rounds_two_arms_killed_mid_training_and_resumed(bootstrapped: dict, tmp_path: Path) -> None:
     from echo_lib.core import registry
 

@@ -236,12 +236,28 @@ def run(
 
     began = time.perf_counter()
     base = root(cfg, settings.name)
-    if restart and base.exists():
+    client = registry.client(cfg)
+    arms = [arm_config(cfg, settings, arm, seed) for seed in range(settings.seeds) for arm in settings.arms]
+    if restart:
         import shutil
 
-        shutil.rmtree(base)
+        shutil.rmtree(base, ignore_errors=True)
+        for acfg in arms:  # an arm starts again from v0: its old versions go with its sandbox
+            if client.search_registered_models(f"name = '{acfg.mlflow.registered_model}'"):
+                client.delete_registered_model(acfg.mlflow.registered_model)
+            train_resume_pointer(acfg).unlink(missing_ok=True)
+    elif not (base / "state.json").is_file():
+        stale = [
+            a.mlflow.registered_model
+            for a in arms
+            if client.search_registered_models(f"name = '{a.mlflow.registered_model}'")
+        ]
+        if stale:
+            raise FlywheelError(
+                f"registered models of an earlier experiment named {settings.name!r} exist ({', '.join(stale)}) "
+                "but its state is gone: start over with --restart, or give another --name"
+            )
     state = State.open(base / "state.json", settings, restart=restart)
-    client = registry.client(cfg)
     experiment_cfg = with_overrides(cfg, {"mlflow.experiment": f"{cfg.mlflow.experiment}-flywheel"})
     experiment_id = configure_mlflow(experiment_cfg)
     if not state.data.get("parent_run_id"):
@@ -480,12 +496,18 @@ class Nightly:
             self._spark = None
 
 
-def train(acfg: EchoConfig, arm: Arm, day: str, say: Say) -> dict[str, Any]:
+def train_resume_pointer(acfg: EchoConfig) -> Path:
+    """The arm's own resume pointer: a rerun resumes the arm's interrupted training, no other."""
     from echo_lib.training.refine import resume_pointer
+
+    return resume_pointer(acfg, f"flywheel-{acfg.mlflow.registered_model}")
+
+
+def train(acfg: EchoConfig, arm: Arm, day: str, say: Say) -> dict[str, Any]:
     from echo_lib.training.refine import train as run_train
 
     owner = f"flywheel-{acfg.mlflow.registered_model}"
-    resume = resume_pointer(acfg, owner).is_file()
+    resume = train_resume_pointer(acfg).is_file()
     first = (date.fromisoformat(day) - timedelta(days=acfg.learn.window_days - 1)).isoformat()
     result = run_train(
         acfg,
