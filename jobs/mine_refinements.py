@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         print("ECHO_RESULT " + json.dumps({"dt": args.date, "skipped": "no bronze partition"}))
         return
     with stage_progress(spark, say):
-        manifest = run_mine(spark, lake, args.date, settle_s=args.settle_s)
+        # dataset.harvest=raw (a naive baseline) keeps the text as it first arrived
+        as_arrived = cfg.dataset.harvest == "raw"
+        manifest = run_mine(spark, lake, args.date, settle_s=args.settle_s, as_arrived=as_arrived)
     say(
         f"mine {args.date}: {manifest['events']:,} events in {manifest['sessions']:,} sessions -> "
         f"{manifest['refinements']:,} refinements, {sum(manifest['orphans'].values()):,} orphans quarantined"

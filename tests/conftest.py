@@ -80,6 +80,15 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"var": var, "result": json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+@pytest.fixture(autouse=True)
+def _release_spark_cache(request: pytest.FixtureRequest):
+    """Tests share one SparkSession, and the jobs persist what they count: drop it after each test,
+    or the driver fills up over the run and a later, tiny broadcast join fails for want of memory."""
+    yield
+    if "spark" in request.fixturenames:
+        request.getfixturevalue("spark").catalog.clearCache()
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local[1] SparkSession for the whole test run (starting one costs seconds)."""

@@ -36,7 +36,7 @@ def test_each_arm_has_its_own_sandbox_and_the_same_budget() -> None:
     assert len({c.mlflow.registered_model for c in configs.values()}) == len(configs)
     assert {c.learn.max_steps for c in configs.values()} == {cfg.learn.max_steps_cap}  # equal compute
     assert {c.world.seed for c in configs.values()} == {cfg.world.seed}  # the same simulated days
-    assert configs["naive-raw"].dataset.harvest == "raw" and flywheel.ARMS["naive-raw"].as_arrived
+    assert configs["naive-raw"].dataset.harvest == "raw"  # mining keeps the first snapshot
     assert configs["naive-accepted"].dataset.harvest == "accepted"
     assert configs["echo-no-policy"].calibration.policy == "confidence"
     assert configs["echo"].calibration.policy == configs["control"].calibration.policy == "logistic"
@@ -46,6 +46,8 @@ def test_each_arm_has_its_own_sandbox_and_the_same_budget() -> None:
     assert other.world.seed != configs["echo"].world.seed
     assert other.world.acceptance_seed != configs["echo"].world.acceptance_seed
     assert other.lake_uri != configs["echo"].lake_uri
+    # the report's sessions are never the ones the gate judged on
+    assert s.measure_seed != cfg.world.acceptance_seed
 
 
 def test_bad_experiments_are_refused_with_the_reason() -> None:
@@ -84,11 +86,13 @@ def measurement(accepted: list[int], shown: list[int], retained: list[int]) -> d
     return {"version": "1", "per_session": sessions}
 
 
-def test_report_pairs_every_difference_and_judges_the_targets(tmp_path: Path) -> None:
-    n = 40
-    v0 = measurement([1] * n, [5] * n, [10] * n)  # acceptance 20%
-    better = measurement([2] * n, [5] * n, [20] * n)  # 40%: 2x v0, more kept
-    same = measurement([1] * n, [5] * n, [10] * n)
+def test_report_pairs_every_difference_and_judges_the_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 39  # 13 cycles of 0, 1, 2 accepted of 5 shown: exactly 20%
+    v0 = measurement([i % 3 for i in range(n)], [5] * n, [10 * (i % 3) for i in range(n)])  # 20%
+    better = measurement([2 * (i % 3) for i in range(n)], [5] * n, [20 * (i % 3) for i in range(n)])  # 40%
+    same = measurement([i % 3 for i in range(n)], [5] * n, [10 * (i % 3) for i in range(n)])
 
     def cell(m: dict, verdict: str) -> dict:
         return {
@@ -119,7 +123,9 @@ def test_report_pairs_every_difference_and_judges_the_targets(tmp_path: Path) ->
     assert echo["acceptance_vs_v0"][0] == pytest.approx(0.2)  # paired: the same sessions
     assert echo["retained_vs_v0"][0] == pytest.approx(1.0)  # 10 more characters over 10 requests
     gap = summary["comparisons"][("echo", "control", 3)]["acceptance"]
-    assert gap[0] == pytest.approx(0.2) and gap[1] > 0
+    assert gap[0] == pytest.approx(0.2) and 0 < gap[1] < gap[0] < gap[2]  # a real interval
+    with pytest.raises(ValueError, match="same sessions"):
+        flywheel_report.ratio(better["per_session"][1:], "accepted", "shown", base=v0["per_session"][:-1])
     verdicts = {t: v for t, _, v in flywheel_report.targets(data, summary)}
     assert (
         verdicts["echo acceptance >= 1.4x v0 after round 3, paired CI low > 0, retained not lower"] == "met"
@@ -127,13 +133,14 @@ def test_report_pairs_every_difference_and_judges_the_targets(tmp_path: Path) ->
     assert verdicts["echo above control after round 3 (paired acceptance CI above 0)"] == "met"
     assert verdicts["echo above naive-raw after round 3 (paired acceptance CI above 0)"] == "not measured"
 
-    results = tmp_path / "results.md"
+    monkeypatch.chdir(tmp_path)  # `make flywheel` passes a relative --results-md
+    results = Path("results.md")
     results.write_text("# Results\n\nhand-written text stays\n")
     for _ in range(2):  # regenerating replaces the section, never appends a second one
         paths = flywheel_report.write(data, tmp_path / "results", results)
     text = results.read_text()
     assert text.count(flywheel_report.MARK_BEGIN) == 1 and "hand-written text stays" in text
-    assert "| 3 | echo - control | +20.00% [" in text
+    assert "| 3 | echo - control | +20.00% [+" in text
     assert "](results/flywheel-unit-acceptance.png)" in text
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     # a round some arm has not finished is not reported as if it had
@@ -240,6 +247,14 @@ def test_two_rounds_two_arms_killed_mid_training_and_resumed(bootstrapped: dict,
         ("echo", "2"),
     ]
     assert all("acceptance" in c.data.metrics for c in children)
+    # equal compute, measured: every arm-round trained the same steps
+    assert {c["steps"]["train"]["steps"] for c in state["cells"].values()} == {2}
+    # every champion was measured on the same report sessions, which are not the gate's
+    measured = [c["steps"]["measure"]["per_session"] for c in state["cells"].values()]
+    ids = {tuple(s["session_id"] for s in m) for m in measured}
+    assert len(ids) == 1 and ids == {
+        tuple(s["session_id"] for s in state["seeds"]["0"]["v0_measure"]["per_session"])
+    }
     report = (tmp_path / "report" / "flywheel-t.md").read_text()
     assert "| 2 | echo - control |" in report
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {

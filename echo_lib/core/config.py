@@ -229,7 +229,8 @@ class DatasetSettings(_Section):
         "refinements",
         description="what gold keeps: refinements (Echo: settled code, denoised, deduplicated, capped); "
         "accepted (naive baseline: proposals accepted unchanged); raw (naive baseline: the text as it "
-        "first arrived, mined with as_arrived). Privacy, opt-out and decontamination apply to all",
+        "first arrived: mining takes the first snapshot, not the settled one). Privacy, opt-out and "
+        "decontamination apply to all",
     )
 
 

@@ -53,7 +53,6 @@ class Arm:
     about: str
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys the arm changes
     baseline: str | None = None  # refine.BASELINES data instead of gold
-    as_arrived: bool = False  # mine the first snapshot, not the settled one
 
 
 ARMS: dict[str, Arm] = {
@@ -77,7 +76,6 @@ ARMS: dict[str, Arm] = {
             "naive-raw",
             "the logged text as it first arrived (mid-edit snapshots, no denoising or settled state)",
             {"dataset.harvest": "raw"},
-            as_arrived=True,
         ),
         Arm(
             "repo",
@@ -101,6 +99,10 @@ COMPARISONS = (
     ("echo", "repo"),
 )
 STEPS = ("world", "nightly", "train", "gate", "measure")
+# The gate promotes a challenger that beats the champion on the evaluation's held-out sessions; a
+# champion measured again on those sessions would be scored on the sample that selected it. The
+# report measures every champion on other held-out sessions (the same files, other developers).
+MEASURE_SEED_OFFSET = 7919
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Settings:
     start_date: str
     steps: int  # optimizer steps per arm-round, every arm alike
     heldout_sessions: int
+    measure_seed: int  # the report's held-out sessions: never the gate's, which pick the champion
     team_repos: list[str]
 
     def days(self) -> list[str]:
@@ -143,10 +146,15 @@ def settings_for(
         raise FlywheelError("give each arm once, at least one")
     if rounds < 1 or seeds < 1:
         raise FlywheelError("--rounds and --seeds must be at least 1")
-    if cfg.learn.objective != "sft" and any(ARMS[a].baseline for a in arms):
+    if cfg.learn.objective != "sft":
         raise FlywheelError(
-            f"learn.objective is {cfg.learn.objective}: the code baselines (control, repo) train sft only, "
-            "so an equal comparison needs learn.objective=sft"
+            f"learn.objective is {cfg.learn.objective}: every arm trains sft (the code baselines have no "
+            "preference pairs, the accepted harvest has no rejected code, and a two-stage objective would "
+            "double the steps), so the comparison needs learn.objective=sft"
+        )
+    if "echo+repo" in arms and not cfg.learn.context_loss:
+        raise FlywheelError(
+            "echo+repo replaces context blocks with team files: it needs learn.context_loss=true"
         )
     date.fromisoformat(start_date)
     return Settings(
@@ -158,6 +166,7 @@ def settings_for(
         start_date=start_date,
         steps=cfg.learn.max_steps or cfg.learn.max_steps_cap,
         heldout_sessions=cfg.world.acceptance_sessions,
+        measure_seed=cfg.world.acceptance_seed + MEASURE_SEED_OFFSET,
         team_repos=list(cfg.corpus.team_repos),
     )
 
@@ -282,13 +291,15 @@ def run(
         f"{settings.heldout_sessions} held-out sessions; state in {state.path}"
     )
     nightly = Nightly(cfg)
+    finished = False
     try:
         for seed in range(settings.seeds):
             for arm in settings.arms:
                 seed_arm(arm_config(cfg, settings, arm, seed), v0)
             measured = state.data.setdefault("seeds", {}).setdefault(str(seed), {})
             if "v0_measure" not in measured:  # round 0: v0 on this seed's held-out sessions
-                measured["v0_measure"] = measure(arm_config(cfg, settings, settings.arms[0], seed), "1", say)
+                acfg = arm_config(cfg, settings, settings.arms[0], seed)
+                measured["v0_measure"] = measure(acfg, settings, seed, "1", say)
                 state.save()
             for r, day in enumerate(settings.days(), 1):
                 for arm in settings.arms:
@@ -297,13 +308,16 @@ def run(
                     if cell.get("child_run_id"):
                         continue
                     where = f"seed {seed} round {r}/{settings.rounds} {day} {arm}"
-                    run_arm_round(acfg, settings, state, cell, ARMS[arm], day, nightly, where, say)
+                    run_arm_round(acfg, settings, state, cell, ARMS[arm], seed, day, nightly, where, say)
                     cell["child_run_id"] = log_child(
                         client, experiment_id, parent_id, settings, seed, arm, r, cell
                     )
                     state.save()
+        finished = True
     finally:
         nightly.stop()
+        if not finished:  # a rerun continues it; the parent run says it was interrupted
+            client.set_terminated(parent_id, "KILLED")
     outputs = write_report(cfg, state.data, report_dir, results_md)
     client.set_tag(parent_id, "echo.flywheel.seconds_this_run", f"{time.perf_counter() - began:.0f}")
     client.set_terminated(parent_id, "FINISHED")
@@ -378,10 +392,11 @@ def seed_arm(acfg: EchoConfig, v0: dict[str, Any]) -> None:
     if registry.version_by_alias(acfg, registry.CHAMPION) is not None:
         return
     client, name = registry.client(acfg), acfg.mlflow.registered_model
-    if not client.search_model_versions(f"name = '{name}'"):
+    if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(
             name, description=f"a flywheel arm; v1 is {v0['name']} v{v0['version']}"
         )
+    if not client.search_model_versions(f"name = '{name}'"):
         client.create_model_version(
             name,
             v0["source"],
@@ -398,6 +413,7 @@ def run_arm_round(
     state: State,
     cell: dict[str, Any],
     arm: Arm,
+    seed: int,
     day: str,
     nightly: Nightly,
     where: str,
@@ -413,13 +429,13 @@ def run_arm_round(
         if step == "world":
             steps[step] = world(acfg, day, settings.sessions_per_day, where, say)
         elif step == "nightly":
-            steps[step] = nightly.run(acfg, day, as_arrived=arm.as_arrived, say=say)
+            steps[step] = nightly.run(acfg, day, say=say)
         elif step == "train":
             steps[step] = train(acfg, arm, day, say)
         elif step == "gate":
-            steps[step] = gate(acfg, steps["train"]["version"], say)
+            steps[step] = gate(acfg, steps["train"], say)
         else:
-            steps[step] = measure(acfg, steps["gate"]["champion_after"], say)
+            steps[step] = measure(acfg, settings, seed, steps["gate"]["champion_after"], say)
         steps[step]["seconds"] = round(time.perf_counter() - began, 1)
         state.save()
         say(f"[{where}] {step}: {summary_line(step, steps[step])} ({steps[step]['seconds']:.0f} s)")
@@ -456,7 +472,7 @@ class Nightly:
     def __init__(self, cfg: EchoConfig) -> None:
         self.cfg, self._spark, self._heldout = cfg, None, None
 
-    def run(self, acfg: EchoConfig, day: str, *, as_arrived: bool, say: Say) -> dict[str, Any]:
+    def run(self, acfg: EchoConfig, day: str, *, say: Say) -> dict[str, Any]:
         from echo_lib.core.lake import read_partition_manifest
         from echo_lib.core.spark import get_session, stage_progress
         from echo_lib.mining.dataset import log_manifest, run_build
@@ -470,6 +486,7 @@ class Nightly:
                 f.text for f in corpus.scan(corpus.team_repos(self.cfg), self.cfg).select("heldout")
             ]
         spark, lake = self._spark, acfg.lake_uri
+        as_arrived = acfg.dataset.harvest == "raw"  # the raw harvest keeps the text as it arrived
         previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
         with stage_progress(spark, say):
             limits = Limits(acfg.ingest.max_line_bytes, acfg.ingest.max_file_bytes)
@@ -481,6 +498,7 @@ class Nightly:
                 spark, lake, [previous, day], self._heldout, settings=acfg.dataset, out_dt=day, say=say
             )
         log_manifest(acfg, built)
+        spark.catalog.clearCache()  # one session serves every arm-round: keep none of this one's
         return {
             "lines_read": ingested["lines_read"],
             "quarantined": ingested["quarantined"],
@@ -504,21 +522,25 @@ def train_resume_pointer(acfg: EchoConfig) -> Path:
 
 
 def train(acfg: EchoConfig, arm: Arm, day: str, say: Say) -> dict[str, Any]:
+    from echo_lib.training.refine import NoTrainingData
     from echo_lib.training.refine import train as run_train
 
     owner = f"flywheel-{acfg.mlflow.registered_model}"
     resume = train_resume_pointer(acfg).is_file()
     first = (date.fromisoformat(day) - timedelta(days=acfg.learn.window_days - 1)).isoformat()
-    result = run_train(
-        acfg,
-        start=first,
-        end=day,
-        baseline=arm.baseline,
-        as_challenger=True,
-        owner=owner,
-        resume=resume,
-        progress=say,
-    )
+    try:
+        result = run_train(
+            acfg,
+            start=first,
+            end=day,
+            baseline=arm.baseline,
+            as_challenger=True,
+            owner=owner,
+            resume=resume,
+            progress=say,
+        )
+    except NoTrainingData as exc:  # a recorded outcome, not a failure: the champion stays
+        return {"version": None, "no_data": str(exc), "steps": 0, "rows": 0, "loss_tokens": 0}
     return {
         "version": result.version,
         "run_id": result.run_id,
@@ -531,20 +553,40 @@ def train(acfg: EchoConfig, arm: Arm, day: str, say: Say) -> dict[str, Any]:
     }
 
 
-def gate(acfg: EchoConfig, version: str, say: Say) -> dict[str, Any]:
+def gate(acfg: EchoConfig, trained: dict[str, Any], say: Say) -> dict[str, Any]:
+    from echo_lib.core import registry
     from echo_lib.evaluation.gate import promote
     from echo_lib.evaluation.heldout import evaluate
 
+    champion = str(registry.version_by_alias(acfg, registry.CHAMPION).version)
+    version = trained["version"]
+    if version is None:  # nothing to learn from this round
+        return {
+            "version": None,
+            "verdict": "no-data",
+            "reasons": [trained["no_data"]],
+            "promoted": False,
+            "champion_before": champion,
+            "champion_after": champion,
+        }
+    if champion == version:  # promoted before a kill: read the verdict back, do not judge again
+        mv = registry.client(acfg).get_model_version(acfg.mlflow.registered_model, version)
+        return {
+            "version": version,
+            "verdict": mv.tags.get("echo.gate.verdict", "pass"),
+            "reasons": [mv.tags.get("echo.gate.reasons", "")],
+            "promoted": True,
+            "champion_before": trained["parent_version"],
+            "champion_after": version,
+        }
     evaluate(acfg, challenger=version, progress=say)
     outcome = promote(acfg, version=version)
-    return {
-        k: outcome[k]
-        for k in ("version", "verdict", "reasons", "promoted", "champion_before", "champion_after")
-    }
+    keep = ("version", "verdict", "reasons", "promoted", "champion_before", "champion_after")
+    return {k: outcome[k] for k in keep}
 
 
-def measure(acfg: EchoConfig, version: str, say: Say) -> dict[str, Any]:
-    """A version's held-out measurement (from the evaluation's cache when it ran there)."""
+def measure(acfg: EchoConfig, settings: Settings, seed: int, version: str, say: Say) -> dict[str, Any]:
+    """A version's measurement on the report's held-out sessions (once per model: cached)."""
     from echo_lib.core import registry
     from echo_lib.core.stats import bootstrap_ratio
     from echo_lib.evaluation.heldout import online_run
@@ -557,8 +599,8 @@ def measure(acfg: EchoConfig, version: str, say: Say) -> dict[str, Any]:
         acfg,
         mv,
         engine,
-        sessions=acfg.world.acceptance_sessions,
-        seed=acfg.world.acceptance_seed,
+        sessions=settings.heldout_sessions,
+        seed=settings.measure_seed + seed,
         label=name,
         progress=say,
     )
@@ -597,8 +639,8 @@ def log_child(
             "echo.round": str(r),
             "echo.seed": str(seed),
             "echo.day": cell["day"],
-            "echo.train_run_id": steps["train"]["run_id"],
-            "echo.challenger": steps["train"]["version"],
+            "echo.train_run_id": steps["train"].get("run_id") or "none",
+            "echo.challenger": steps["train"]["version"] or "none",
             "echo.gate.verdict": steps["gate"]["verdict"],
             "echo.champion": steps["measure"]["version"],
         },
@@ -619,7 +661,7 @@ def log_child(
         "gold_sft_rows": steps["nightly"]["gold_rows"]["sft"],
         "train_steps": steps["train"]["steps"],
         "train_loss_tokens": steps["train"]["loss_tokens"],
-        "train_final_loss": steps["train"]["final_loss"],
+        "train_final_loss": steps["train"].get("final_loss"),
         "promoted": float(steps["gate"]["promoted"]),
     }
     metrics.update({f"seconds_{s}": steps[s]["seconds"] for s in STEPS})

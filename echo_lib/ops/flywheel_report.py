@@ -75,7 +75,10 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
                 **{k: ratio(sessions, *nd) for k, nd in METRICS.items()},
                 **{f"{k}_vs_v0": ratio(sessions, *nd, base=v0) for k, nd in METRICS.items()},
                 "champions": [c["measure"]["version"] for c in cells],
-                "verdicts": [f"v{c['gate']['version']} {c['gate']['verdict']}" for c in cells],
+                "verdicts": [
+                    f"v{c['gate']['version']} {c['gate']['verdict']}" if c["gate"]["version"] else "no-data"
+                    for c in cells
+                ],
                 "gold_sft_rows": sum(c["nightly"]["gold_rows"]["sft"] for c in cells),
                 "loss_tokens": sum(c["train"]["loss_tokens"] for c in cells),
                 "steps": sum(c["train"]["steps"] for c in cells),
@@ -145,7 +148,7 @@ def targets(data: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, st
 
 
 def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -> str:
-    from echo_lib.ops.flywheel import ARMS
+    from echo_lib.ops.flywheel import ARMS, MEASURE_SEED_OFFSET
 
     s = data["settings"]
     v0 = data["v0"]
@@ -157,7 +160,14 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
         f"{', '.join(s['team_repos'])}; {s['sessions_per_day']} simulated sessions a day from "
         f"{s['start_date']}; {s['steps']} optimizer steps per arm-round for every arm (equal compute); "
         f"each champion measured on {s['heldout_sessions']} held-out sessions per seed (the same sessions "
-        "for every arm: differences are paired). 95% CIs from a session bootstrap.",
+        "for every arm: differences are paired), drawn apart from the sessions the gate judged on (seed "
+        f"{s['measure_seed']} against the gate's {s['measure_seed'] - MEASURE_SEED_OFFSET}): a promoted "
+        "champion is not scored on the sample that selected it. 95% CIs from a session bootstrap"
+        + (
+            "; with one seed they cover the sessions, not the variance of training."
+            if s["seeds"] == 1
+            else f", sessions pooled over {s['seeds']} seeds."
+        ),
         "",
         "| arm | what it trains on |",
         "| --- | --- |",
@@ -168,13 +178,13 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
         "Acceptance among shown, retained characters per request (what users actually kept) and the shown "
         "rate of each arm's champion after the round's gate; the gain columns are paired against v0.",
         "",
-        "| round | arm | champion | gate | gold sft rows | loss tokens | acceptance among shown | retained chars / request | shown rate | acceptance - v0 | retained - v0 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| round | arm | champion | gate | gold sft rows | steps | loss tokens | acceptance among shown | retained chars / request | shown rate | acceptance - v0 | retained - v0 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     if summary["v0"]:
         v = summary["v0"]
         lines.append(
-            f"| 0 | v0 | v1 | - | - | - | {fmt(v['acceptance'], 'pct')} | {fmt(v['retained'], 'num')} "
+            f"| 0 | v0 | v1 | - | - | - | - | {fmt(v['acceptance'], 'pct')} | {fmt(v['retained'], 'num')} "
             f"| {fmt(v['shown_rate'], 'pct')} | - | - |"
         )
     for (arm, r), c in sorted(
@@ -182,7 +192,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
     ):
         lines.append(
             f"| {r} | {arm} | {', '.join('v' + v for v in c['champions'])} | {', '.join(c['verdicts'])} "
-            f"| {c['gold_sft_rows']:,} | {c['loss_tokens']:,} | {fmt(c['acceptance'], 'pct')} "
+            f"| {c['gold_sft_rows']:,} | {c['steps']:,} | {c['loss_tokens']:,} | {fmt(c['acceptance'], 'pct')} "
             f"| {fmt(c['retained'], 'num')} | {fmt(c['shown_rate'], 'pct')} "
             f"| {fmt(c['acceptance_vs_v0'], 'dpct')} | {fmt(c['retained_vs_v0'], 'dnum')} |"
         )
@@ -211,13 +221,15 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
 def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Path]:
     import matplotlib
 
+    from echo_lib.ops.flywheel import slug
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = data["settings"]
     if not summary["v0"]:
         return []
-    stem = f"flywheel-{data['settings']['name']}"
+    stem = f"flywheel-{slug(data['settings']['name'])}"
     paths = []
     for metric, label, scale in (
         ("acceptance", "acceptance among shown (%)", 100),
@@ -235,7 +247,7 @@ def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Pa
         ax.set_xlabel("round (0 = v0)")
         ax.set_ylabel(label)
         ax.set_xticks(range(s["rounds"] + 1))
-        ax.set_title(f"{label}: each arm's champion on held-out sessions (95% CI)")
+        ax.set_title(f"{label}\neach arm's champion on held-out sessions, 95% CI bands", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -250,6 +262,8 @@ def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Pa
                 continue
             passed = sum(v.endswith("pass") for v in c["verdicts"])
             color = "#4caf50" if passed == len(c["verdicts"]) else "#e57373" if passed == 0 else "#ffb74d"
+            if all(v == "no-data" for v in c["verdicts"]):
+                color = "#bdbdbd"  # nothing to train on: no challenger
             ax.add_patch(plt.Rectangle((r - 0.45, i - 0.4), 0.9, 0.8, color=color))
             ax.text(r, i, " ".join(v.split()[0] for v in c["verdicts"]), ha="center", va="center", fontsize=8)
     ax.set_xlim(0.5, s["rounds"] + 0.5)
@@ -258,7 +272,7 @@ def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Pa
     ax.set_xticks(range(1, s["rounds"] + 1))
     ax.set_xlabel("round")
     ax.invert_yaxis()
-    ax.set_title("the gate: challenger promoted (green) or not (red)")
+    ax.set_title("the gate: challenger promoted (green), not (red), no data (grey)", fontsize=10)
     fig.tight_layout()
     paths.append(folder / f"{stem}-gate.png")
     fig.savefig(paths[-1], dpi=110)
@@ -269,17 +283,19 @@ def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Pa
 def write(data: dict[str, Any], folder: Path, results_md: Path | None = None) -> list[Path]:
     """Write ``flywheel-<name>.md`` and its plots into ``folder``; with ``results_md``, replace the
     generated section of that file (between the markers) with the same report."""
+    from echo_lib.ops.flywheel import slug
+
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(data)
     plots = plot(data, summary, folder)
     text = markdown(data, summary, plots)
-    report = folder / f"flywheel-{data['settings']['name']}.md"
+    report = folder / f"flywheel-{slug(data['settings']['name'])}.md"
     report.write_text(text)
     if results_md is not None:
-        prefix = (
-            f"{folder.relative_to(results_md.parent)}/" if folder.is_relative_to(results_md.parent) else ""
-        )
-        section = text.replace("](flywheel-", f"]({prefix}flywheel-")
+        import os
+
+        prefix = Path(os.path.relpath(folder.resolve(), results_md.resolve().parent)).as_posix()
+        section = text.replace("](flywheel-", f"]({prefix}/flywheel-")
         old = results_md.read_text() if results_md.is_file() else ""
         block = f"{MARK_BEGIN}\n{section}{MARK_END}"
         if MARK_BEGIN in old and MARK_END in old:

@@ -58,6 +58,10 @@ class TrainError(RuntimeError):
     """``echoctl train`` cannot run or failed; no model version was registered."""
 
 
+class NoTrainingData(TrainError):
+    """The window holds nothing to learn from (no gold rows, or every row dropped)."""
+
+
 @dataclass
 class TrainPlan:
     """What a training job will do; saved as ``plan.json`` so ``--resume`` can finish it."""
@@ -381,6 +385,18 @@ def train(
     procs = num_procs or cfg.train.num_procs
     if resume:
         plan = _resumable_plan(cfg, owner)
+        registered = client.search_model_versions(f"run_id = '{plan.run_id}'")
+        if registered:  # killed after registering: the version exists, do not make a second one
+            resume_pointer(cfg, owner).unlink(missing_ok=True)
+            progress(f"training run {plan.run_id} had registered v{registered[0].version} already")
+            return TrainResult(
+                version=str(registered[0].version),
+                run_id=plan.run_id,
+                parent_version=plan.parent_version,
+                dates=plan.dates,
+                stages=[_stage_summary(s) for s in plan.stages],
+                seconds=time.perf_counter() - began,
+            )
         progress(f"resuming training run {plan.run_id} ({plan.objective}, gold {', '.join(plan.dates)})")
         client.update_run(plan.run_id, status="RUNNING")
     else:
@@ -487,7 +503,7 @@ def _plan(
     gold = {s: read_gold(lake, GOLD_TABLE[s], dates) for s in STAGES[objective]}
     for stage, rows in gold.items():
         if rows.empty:
-            raise TrainError(
+            raise NoTrainingData(
                 f"gold/{GOLD_TABLE[stage]} has no train rows for {', '.join(dates)}: nothing to learn from"
             )
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
@@ -584,7 +600,7 @@ def _plan(
                     )
                 planned_rows = len(rows)
             if not rows:
-                raise TrainError(f"stage {stage}: every gold row was dropped ({dropped})")
+                raise NoTrainingData(f"stage {stage}: every gold row was dropped ({dropped})")
             data_path = work / f"{stage}.parquet"
             frame = pd.DataFrame(rows)
             frame.to_parquet(data_path, index=False)
