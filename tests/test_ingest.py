@@ -178,6 +178,8 @@ def test_echoctl_ingest_runs_the_job_with_spark_submit(lake: Path, tmp_path: Pat
         f"lake.uri={lake}",
         "--set",
         "spark.master=local[2]",
+        "--set",
+        "ingest.max_line_bytes=100",  # a flag reaches the job: every line is over this budget
         "ingest",
         "--date",
         "2026-11-24",
@@ -187,6 +189,7 @@ def test_echoctl_ingest_runs_the_job_with_spark_submit(lake: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads(proc.stdout.strip().splitlines()[-1])
     assert manifest["lines_read"] == manifest["valid"] + manifest["quarantined"]
+    assert manifest["valid"] == 0 and manifest["quarantined_by_reason"]["oversize_field"] > 0
     # the job's row counts reach the user while it runs (stderr), not only its log
     assert f"ingest 2026-11-24: {manifest['lines_read']:,} lines read = " in proc.stderr
     assert (lake / "bronze" / "events" / "dt=2026-11-24" / "_SUCCESS").is_file()

@@ -548,6 +548,19 @@ def load_config(
     return LoadedConfig(config=config, origin=origin, file=path)
 
 
+def write_effective(cfg: EchoConfig, path: Path) -> Path:
+    """The effective config as a YAML file a subprocess loads with ``ECHO_CONFIG``: a job or task
+    then sees what this process sees (``--config`` file, environment and ``--set`` flags alike)."""
+    import yaml
+
+    effective = cfg.model_dump(mode="json")
+    effective["home"] = str(cfg.home)
+    effective["var_dir"] = str(cfg.var_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(effective, sort_keys=True))
+    return path
+
+
 def with_overrides(cfg: EchoConfig, overrides: Mapping[str, Any]) -> EchoConfig:
     """``cfg`` with dotted keys replaced (``{"lake.uri": "..."}``), validated again."""
     flat = _flatten(cfg.model_dump())

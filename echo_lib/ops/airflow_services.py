@@ -50,7 +50,7 @@ def _state_file(cfg: EchoConfig) -> Path:
 
 def environment(cfg: EchoConfig) -> dict[str, str]:
     """The environment of every Airflow process Echo starts."""
-    import yaml
+    from echo_lib.core.config import write_effective
 
     home = cfg.airflow_home
     home.mkdir(parents=True, exist_ok=True)
@@ -58,11 +58,7 @@ def environment(cfg: EchoConfig) -> dict[str, str]:
     if not secret_file.is_file():
         secret_file.write_text(secrets.token_urlsafe(32))
         secret_file.chmod(0o600)
-    effective = cfg.model_dump(mode="json")
-    effective["home"] = str(cfg.home)
-    effective["var_dir"] = str(cfg.var_path)
-    config_file = home / "echo.yaml"
-    config_file.write_text(yaml.safe_dump(effective, sort_keys=True))
+    config_file = write_effective(cfg, home / "echo.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ECHO_", "AIRFLOW"))}
     env.update(cfg.runtime_env())
     env.update(cfg.airflow_env())

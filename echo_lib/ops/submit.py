@@ -59,7 +59,17 @@ def run_job(
     The job's progress lines (``ECHO_PROGRESS ...``) go to ``progress`` as they are printed."""
     log = cfg.var_path / "logs" / "spark" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **cfg.runtime_env(), "PYSPARK_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    from echo_lib.core.config import write_effective
+
+    # the job loads the config this process runs with (--config, environment and --set flags)
+    config_file = write_effective(cfg, log.with_suffix(".config.yaml"))
+    env = {
+        **os.environ,
+        **cfg.runtime_env(),
+        "ECHO_CONFIG": str(config_file),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+    }
     cmd = spark_submit_command(cfg, job, args)
     results: list[str] = []
     with log.open("w") as out:
