@@ -65,6 +65,26 @@ def test_bad_experiments_are_refused_with_the_reason() -> None:
         )
 
 
+def test_a_resume_under_other_rules_is_refused(tmp_path: Path) -> None:
+    first = settings()
+    flywheel.State.open(tmp_path / "state.json", first, restart=False).save()
+    assert flywheel.State.open(tmp_path / "state.json", first, restart=False).data["settings"]["name"] == "t"
+    changed = flywheel.settings_for(
+        load_config(overrides={"learn.learning_rate": 1e-3}).config,
+        name="t",
+        arms=["echo", "control"],
+        rounds=2,
+        seeds=1,
+        sessions_per_day=8,
+        start_date="2026-01-05",
+    )
+    with pytest.raises(flywheel.FlywheelError, match="a setting of world, corpus"):
+        flywheel.State.open(tmp_path / "state.json", changed, restart=False)
+    # the machinery may change between runs (another checkpoint folder, more inference threads)
+    moved = load_config(overrides={"train.checkpoint_dir": str(tmp_path), "engine.torch_threads": 1}).config
+    assert flywheel.result_config_digest(moved) == first.config_sha256
+
+
 def test_an_orphaned_sandbox_is_not_resumed_silently(var_dir: Path) -> None:
     """Arms whose state file is gone would start from their old champion, not v0: refuse."""
     from echo_lib.core import registry

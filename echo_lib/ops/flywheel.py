@@ -119,6 +119,7 @@ class Settings:
     heldout_sessions: int
     measure_seed: int  # the report's held-out sessions: never the gate's, which pick the champion
     team_repos: list[str]
+    config_sha256: str  # every setting that shapes a result: a resume under other rules is refused
 
     def days(self) -> list[str]:
         first = date.fromisoformat(self.start_date)
@@ -168,7 +169,31 @@ def settings_for(
         heldout_sessions=cfg.world.acceptance_sessions,
         measure_seed=cfg.world.acceptance_seed + MEASURE_SEED_OFFSET,
         team_repos=list(cfg.corpus.team_repos),
+        config_sha256=result_config_digest(cfg),
     )
+
+
+# where only the machinery differs (paths, ports, Spark and MLflow wiring), results do not
+MACHINERY = {
+    "train": ("checkpoint_dir", "hostfile", "master_port", "torch_threads"),
+    "engine": ("torch_threads",),
+}
+
+
+def result_config_digest(cfg: EchoConfig) -> str:
+    """SHA-256 of the settings that shape what an arm learns and how it is judged."""
+    import hashlib
+
+    sections = ("world", "corpus", "engine", "dataset", "learn", "calibration", "promotion", "train")
+    shaping = {
+        name: {
+            k: v
+            for k, v in getattr(cfg, name).model_dump(mode="json").items()
+            if k not in MACHINERY.get(name, ())
+        }
+        for name in sections
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
 def root(cfg: EchoConfig, name: str) -> Path:
@@ -210,6 +235,12 @@ class State:
             data = json.loads(path.read_text())
             if data["settings"] != asdict(settings):
                 changed = sorted(k for k, v in asdict(settings).items() if data["settings"].get(k) != v)
+                changed = [
+                    "a setting of world, corpus, engine, dataset, learn, calibration, promotion or train"
+                    if k == "config_sha256"
+                    else k
+                    for k in changed
+                ]
                 raise FlywheelError(
                     f"{path} holds experiment {settings.name!r} with other settings ({', '.join(changed)} "
                     "differ): resume it with the same options, give another --name, or --restart"
