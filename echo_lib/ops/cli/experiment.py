@@ -29,7 +29,7 @@ def flywheel(
     ] = None,
     name: Annotated[
         str, typer.Option(help="the experiment's name: its state, MLflow runs and report")
-    ] = "flywheel",
+    ] = "default",
     start_date: Annotated[str, typer.Option("--start-date", help="the first simulated day")] = "2026-01-05",
     restart: Annotated[
         bool, typer.Option("--restart", help="discard this experiment's state and sandboxes, start over")
