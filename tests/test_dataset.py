@@ -217,3 +217,26 @@ def test_near_dedupe_drops_the_later_copy_from_another_session_only(spark) -> No
     )
     kept = sorted(r["request_id"] for r in near_dedupe(df, threshold=0.2).collect())
     assert kept == ["a", "b", "c", "e"]
+
+
+def test_a_build_that_dies_before_its_manifest_leaves_the_date_unreadable_until_rebuilt(
+    spark, silver: Path, monkeypatch
+) -> None:
+    from echo_lib.mining import dataset
+    from echo_lib.training.refine import TrainError, read_gold
+
+    lake = str(silver)
+    run_build(spark, lake, ["2026-11-24"], [])
+    before = read_gold(lake, "sft", ["2026-11-24"])
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest")
+
+    monkeypatch.setattr(dataset, "write_gold_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):  # new tables written, the old manifest still in place
+        run_build(spark, lake, ["2026-11-24"], [], settings=DatasetSettings(cap_per_user=5))
+    with pytest.raises(TrainError, match="did not finish; rebuild it: echoctl build-dataset --date 2026-11-24"):
+        read_gold(lake, "sft", ["2026-11-24"])
+    monkeypatch.undo()
+    run_build(spark, lake, ["2026-11-24"], [])
+    assert read_gold(lake, "sft", ["2026-11-24"]).equals(before)

@@ -31,6 +31,8 @@ def raw_lines(lake: Path) -> list[bytes]:
 
 
 def test_forget_a_user_everywhere(spark, tmp_path: Path) -> None:
+    from echo_lib.core.lake import vouched_gold_partition
+
     lake = tmp_path
     world_day(lake, seed=5)
     user = json.loads(raw_lines(lake)[0])["user_id"]
@@ -63,6 +65,7 @@ def test_forget_a_user_everywhere(spark, tmp_path: Path) -> None:
         assert after == [r for r in gold_before[table] if r["request_id"] not in theirs]
         sha256, count = content_hash(spark.read.parquet(str(lake / "gold" / table / f"dt={DAY}")))
         assert manifest["datasets"][table] == {**manifest["datasets"][table], "rows": count, "sha256": sha256}
+        assert vouched_gold_partition(str(lake), table, DAY)  # training can read what is left
     assert manifest["erasures"][0]["users"] == [user]
 
     # a rerun finds nothing left; a later build leaves the user out by the recorded request

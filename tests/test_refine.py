@@ -72,6 +72,7 @@ def write_gold(lake: Path, dt: str, n: int = 48, *, drop_column: str | None = No
         pq.write_table(frame, folder / "part-00000.parquet")
         (folder / "_SUCCESS").touch()
         manifest["datasets"][table] = {"rows": len(rows), "sha256": f"{table}-{dt}"}
+        (folder / "_manifest.json").write_text(json.dumps(manifest["datasets"][table]))  # vouched for
     folder = lake / "gold" / "_manifests" / f"dt={dt}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "_manifest.json").write_text(json.dumps(manifest))
@@ -317,6 +318,11 @@ def test_bad_gold_fails_early_and_registers_nothing(gold_var: Path, tmp_path: Pa
     proc = run_echoctl(var, "train", "--objective", "sft")
     assert proc.returncode == 1
     assert "gold/sft dt=2026-11-20 lacks columns ['completion']" in " ".join(proc.stderr.split())
+
+    write_gold(var / "lake", GOLD_DT)  # then a build of the date dies after its first table
+    (var / "lake" / "gold" / "sft" / f"dt={GOLD_DT}" / "_manifest.json").write_text('{"sha256": "newer"}')
+    proc = run_echoctl(var, "train", "--objective", "sft")
+    assert proc.returncode == 1 and "a build of 2026-11-20 did not finish" in " ".join(proc.stderr.split())
 
     proc = run_echoctl(var, "train", "--resume")
     assert proc.returncode == 1 and "nothing to resume" in proc.stderr

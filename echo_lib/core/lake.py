@@ -9,7 +9,7 @@ Layout (``<lake>`` is ``lake.uri``)::
     silver/refinements/dt=D/                  one row per shown proposal
     quarantine/orphans/dt=D/                  reactions/snapshots with no shown proposal
     gold/{sft,preference,kto}/dt=D/           training datasets
-    gold/_manifests/dt=D/_manifest.json       the dataset funnel, hashes and config
+    gold/_manifests/dt=D/_manifest.json       the dataset funnel, hashes and config: vouches for gold
 
 Every partition is written to a staging folder and swapped into place with two renames, so a
 reader sees the previous complete partition or none, never half of one. Each partition folder
@@ -21,6 +21,12 @@ backfill, a manual ``echoctl``) waits for the first, then writes; a lease whose 
 (same host, process gone) or that is older than its timeout is taken over. Under the lease a
 writer cleans the debris of crashed writes of that partition only, and puts back the previous
 partition if a crash fell between the two renames of a swap.
+
+Gold's tables of one date commit together: the build holds the manifest partition's lease, writes
+each table (its ``_manifest.json`` carries the table's content hash), and writes the gold
+manifest last. Readers trust a gold table only when its hash is the one the manifest vouches for
+(:func:`vouched_gold_partition`), so a crash mid-build leaves a date unreadable (with the command
+that fixes it), never a new ``sft`` beside an old ``preference``.
 """
 
 from __future__ import annotations
@@ -189,6 +195,13 @@ def partition_lease(fs: _Fs, lake: str, table: str, dt: str, wait_s: float | Non
 
 
 @contextmanager
+def holding(spark: SparkSession, lake: str, table: str, dt: str):
+    """Hold ``<table>`` dt=D's lease around several writes (then write it with ``lease=False``)."""
+    with partition_lease(_Fs(spark, partition_uri(lake, table, dt)), lake, table, dt):
+        yield
+
+
+@contextmanager
 def scratch_folder(spark: SparkSession, lake: str, table: str, dt: str):
     """Hold ``<table>`` dt=D's lease and yield a private folder for a writer's intermediate files
     (``<table>/_scratch/dt=D-<id>``), removed afterwards; a crashed writer's scratch is removed by
@@ -286,6 +299,35 @@ def read_manifest(lake: str, dt: str) -> dict[str, Any]:
     fs, root = arrow_fs(lake)
     with fs.open_input_stream(f"{root}/gold/_manifests/dt={dt}/_manifest.json") as stream:
         return json.loads(stream.read())
+
+
+class UnvouchedPartition(RuntimeError):
+    """A gold table's partition is not the one its date's manifest vouches for."""
+
+
+def vouched_gold_partition(lake: str, table: str, dt: str) -> str:
+    """The path of ``gold/<table>/dt=D`` after checking that its content hash is the one the gold
+    manifest of D vouches for; else :class:`UnvouchedPartition` saying how to repair it."""
+    fs, root = arrow_fs(lake)
+    path = f"{root}/gold/{table}/dt={dt}"
+    rebuild = f"rebuild it: echoctl build-dataset --date {dt}"
+    try:
+        vouched = read_manifest(lake, dt)["datasets"][table]["sha256"]
+    except (FileNotFoundError, KeyError) as exc:
+        raise UnvouchedPartition(
+            f"gold dt={dt} has no manifest entry for {table} ({exc}); {rebuild}"
+        ) from exc
+    try:
+        with fs.open_input_stream(f"{path}/_manifest.json") as stream:
+            found = json.loads(stream.read()).get("sha256")
+    except FileNotFoundError:
+        found = None
+    if found != vouched:
+        raise UnvouchedPartition(
+            f"gold/{table} dt={dt} is not the partition its manifest vouches for (content "
+            f"{str(found)[:12]}, manifest {vouched[:12]}): a build of {dt} did not finish; {rebuild}"
+        )
+    return path
 
 
 def write_bytes_atomic(lake: str, relative: str, data: bytes) -> str:

@@ -332,23 +332,41 @@ def run_build(
         "funnel": funnel,
         "datasets": {},
     }
-    for name, frame in frames.items():
-        frame = frame.persist()
-        sha256, rows = content_hash(frame)
-        manifest["datasets"][name] = {
-            "rows": rows,
-            "sha256": sha256,
-            "uri": lake_io.partition_uri(lake, f"gold/{name}", out_dt),
-        }
-        lake_io.write_partition(
-            spark, frame, lake, f"gold/{name}", out_dt, sort_within=["request_id"], files=1
-        )
-        if say:
-            say(f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written")
-    return write_gold_manifest(spark, lake, out_dt, manifest)
+    # the tables and their manifest commit together: one lease for the date, the manifest last
+    with lake_io.holding(spark, lake, "gold/_manifests", out_dt):
+        for name, frame in frames.items():
+            frame = frame.persist()
+            manifest["datasets"][name] = write_gold_table(spark, lake, name, out_dt, frame)
+            if say:
+                say(f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written")
+        return write_gold_manifest(spark, lake, out_dt, manifest, lease=False)
 
 
-def write_gold_manifest(spark: SparkSession, lake: str, dt: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_gold_table(
+    spark: SparkSession, lake: str, name: str, dt: str, frame: DataFrame, **extra: Any
+) -> dict[str, Any]:
+    """Write ``gold/<name>`` dt=D carrying its content hash (what the gold manifest vouches for);
+    return the manifest's entry for it. Call under the gold manifest's lease of ``dt``."""
+    from echo_lib.core import lake as lake_io
+
+    sha256, rows = content_hash(frame)
+    entry = {"rows": rows, "sha256": sha256, "uri": lake_io.partition_uri(lake, f"gold/{name}", dt)}
+    lake_io.write_partition(
+        spark,
+        frame,
+        lake,
+        f"gold/{name}",
+        dt,
+        manifest={**entry, **extra},
+        sort_within=["request_id"],
+        files=1,
+    )
+    return entry
+
+
+def write_gold_manifest(
+    spark: SparkSession, lake: str, dt: str, manifest: dict[str, Any], *, lease: bool = True
+) -> dict[str, Any]:
     """Seal ``manifest`` with the SHA-256 of its text (without that field) and write it as
     ``gold/_manifests/dt=D``, the partition that vouches for the gold tables of ``dt``."""
     from echo_lib.core import lake as lake_io
@@ -357,7 +375,9 @@ def write_gold_manifest(spark: SparkSession, lake: str, dt: str, manifest: dict[
     text = json.dumps(manifest, indent=2, sort_keys=True)
     manifest["sha256"] = hashlib.sha256(text.encode()).hexdigest()
     frame = spark.createDataFrame([(text,)], "manifest string")
-    lake_io.write_partition(spark, frame, lake, "gold/_manifests", dt, manifest=manifest, files=1)
+    lake_io.write_partition(
+        spark, frame, lake, "gold/_manifests", dt, manifest=manifest, files=1, lease=lease
+    )
     return manifest
 
 

@@ -112,10 +112,10 @@ def run_forget(
     from echo_lib.core import lake as lake_io
     from echo_lib.mining.dataset import (
         GOLD_SCHEMAS,
-        content_hash,
         of_users_or_repos,
         opt_out,
         write_gold_manifest,
+        write_gold_table,
     )
 
     if not users and not repos:
@@ -156,24 +156,28 @@ def run_forget(
     requests = mine.where("request_id IS NOT NULL").select("request_id").distinct().localCheckpoint()
     sessions = mine.select("session_id").distinct().localCheckpoint()
 
-    # 1. gold, with each manifest made to vouch for what is left
+    # 1. gold, with each manifest made to vouch for what is left (tables and manifest commit together)
     for dt in lake_io.partition_dates(spark, lake, "gold/_manifests"):
-        manifest = lake_io.read_partition_manifest(spark, lake, "gold/_manifests", dt)
-        changed = False
-        for name in GOLD_SCHEMAS:
-            uri = lake_io.partition_uri(lake, f"gold/{name}", dt)
-            if not lake_io.is_complete(spark, lake, f"gold/{name}", dt):
-                continue
-            frame = spark.read.parquet(uri)
-            keep = frame.join(requests, "request_id", "left_anti")
-            if rewrite(f"gold/{name}", dt, frame, keep, sort_within=["request_id"], files=1):
-                sha256, rows = content_hash(spark.read.parquet(uri))
-                manifest["datasets"][name].update(rows=rows, sha256=sha256)
-                changed = True
-        if changed:
-            gold_dates.append(dt)
-            manifest.setdefault("erasures", []).append(request)
-            write_gold_manifest(spark, lake, dt, manifest)
+        with lake_io.holding(spark, lake, "gold/_manifests", dt):
+            manifest = lake_io.read_partition_manifest(spark, lake, "gold/_manifests", dt)
+            changed = False
+            for name in GOLD_SCHEMAS:
+                if not lake_io.is_complete(spark, lake, f"gold/{name}", dt):
+                    continue
+                frame = spark.read.parquet(lake_io.partition_uri(lake, f"gold/{name}", dt))
+                keep = frame.join(requests, "request_id", "left_anti").localCheckpoint()
+                gone = frame.count() - keep.count()
+                if gone:
+                    before = lake_io.read_partition_manifest(spark, lake, f"gold/{name}", dt) or {}
+                    erased = int(before.get("erased_rows", 0)) + gone
+                    entry = write_gold_table(spark, lake, name, dt, keep, erased_rows=erased)
+                    manifest["datasets"][name].update(entry)
+                    removed[f"gold/{name}"] = removed.get(f"gold/{name}", 0) + gone
+                    changed = True
+            if changed:
+                gold_dates.append(dt)
+                manifest.setdefault("erasures", []).append(request)
+                write_gold_manifest(spark, lake, dt, manifest, lease=False)
     # 2. silver and the orphans of their sessions
     for dt, frame in table("silver/refinements"):
         rewrite(

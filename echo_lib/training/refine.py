@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_lib.core.config import EchoConfig
-from echo_lib.core.lake import arrow_fs, gold_dates, read_manifest
+from echo_lib.core.lake import UnvouchedPartition, arrow_fs, gold_dates, read_manifest, vouched_gold_partition
 from echo_lib.world import corpus
 
 if TYPE_CHECKING:
@@ -128,6 +128,10 @@ def read_gold(lake: str, table: str, dates: list[str], split: str = "train") -> 
         path = f"{root}/gold/{table}/dt={dt}"
         if fs.get_file_info(path).type != pafs.FileType.Directory:
             raise TrainError(f"gold/{table} has no partition dt={dt} ({path}); rebuild it with build-dataset")
+        try:
+            vouched_gold_partition(lake, table, dt)
+        except UnvouchedPartition as exc:
+            raise TrainError(str(exc)) from exc
         data = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
         missing = [c for c in required if c not in data.schema.names]
         if missing:
