@@ -10,7 +10,9 @@ One run per logical date `D` (cron `airflow.nightly_cron`, default 02:00 UTC):
    late events (which land in D) are ingested (the lookback rule, docs/mining.md);
 4. **mine**: `jobs/mine_refinements.py --date D` (provisional until D+1 arrives);
 5. **build_dataset**: `jobs/build_dataset.py --from D-1 --to D` -> `gold/*/dt=D`;
-6. **publish_gold**: emits the `echo_gold` Asset with `{"dt": D, ...}`, which schedules `echo_train`.
+6. **publish_gold**: emits the `echo_gold` Asset with `{"dt": D, ...}`, which schedules `echo_train`;
+7. **expire_raw_text**: deletes raw, bronze, silver and quarantine partitions older than
+   `lake.raw_text_days` counted back from D (gold, scrubbed, stays).
 
 Spark jobs go through `SparkSubmitOperator` on connection `echo_spark` (its master is
 `spark.master` from Echo's config, `local[*]` by default). Every output is a date partition
@@ -22,7 +24,15 @@ from __future__ import annotations
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, task
 
-from echo_lib.ops.orchestration import DAG_KWARGS, GOLD, JOBS, dag_setting, gold_manifest, raw_ready
+from echo_lib.ops.orchestration import (
+    DAG_KWARGS,
+    GOLD,
+    JOBS,
+    dag_setting,
+    expire_raw_text,
+    gold_manifest,
+    raw_ready,
+)
 
 PREVIOUS_DAY = "{{ macros.ds_add(ds, -1) }}"
 
@@ -60,11 +70,15 @@ def echo_nightly():
         outlet_events[GOLD].extra = {"dt": ds, "manifest_sha256": extra["manifest_sha256"]}
         return extra
 
+    @task(task_id="expire_raw_text")
+    def expire_old_raw_text(ds=None) -> dict:
+        return expire_raw_text(ds)
+
     ingest = spark_job("ingest", "ingest_events", ["--date", "{{ ds }}"])
     remine = spark_job("remine_previous_day", "mine_refinements", ["--date", PREVIOUS_DAY, "--if-present"])
     mine = spark_job("mine", "mine_refinements", ["--date", "{{ ds }}"])
     build = spark_job("build_dataset", "build_dataset", ["--from", PREVIOUS_DAY, "--to", "{{ ds }}"])
-    wait_for_raw() >> ingest >> remine >> mine >> build >> publish_gold()
+    wait_for_raw() >> ingest >> remine >> mine >> build >> publish_gold() >> expire_old_raw_text()
 
 
 echo_nightly()

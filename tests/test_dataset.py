@@ -235,7 +235,9 @@ def test_a_build_that_dies_before_its_manifest_leaves_the_date_unreadable_until_
     monkeypatch.setattr(dataset, "write_gold_manifest", crash)
     with pytest.raises(KeyboardInterrupt):  # new tables written, the old manifest still in place
         run_build(spark, lake, ["2026-11-24"], [], settings=DatasetSettings(cap_per_user=5))
-    with pytest.raises(TrainError, match="did not finish; rebuild it: echoctl build-dataset --date 2026-11-24"):
+    with pytest.raises(
+        TrainError, match="did not finish; rebuild it: echoctl build-dataset --date 2026-11-24"
+    ):
         read_gold(lake, "sft", ["2026-11-24"])
     monkeypatch.undo()
     run_build(spark, lake, ["2026-11-24"], [])

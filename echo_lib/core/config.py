@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -63,6 +63,19 @@ class LakeSettings(_Section):
     uri: str = Field(
         "", description="lake root: a local path or a Hadoop URI (s3a://, hdfs://); default <var>/lake"
     )
+    raw_text_days: int = Field(
+        30,
+        ge=0,
+        description="days raw, bronze, silver and quarantine keep users' text (0: forever); gold, "
+        "scrubbed, stays. At least 2: the nightly re-mines D-1",
+    )
+
+    @field_validator("raw_text_days")
+    @classmethod
+    def _keeps_what_the_nightly_rereads(cls, days: int) -> int:
+        if days == 1:
+            raise ValueError("1 day would delete D-1 before the nightly re-mines it: use 0 (forever) or >= 2")
+        return days
 
 
 class IngestSettings(_Section):

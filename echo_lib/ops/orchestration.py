@@ -103,6 +103,18 @@ def gold_manifest(ds: str) -> dict[str, Any]:
     }
 
 
+def expire_raw_text(ds: str) -> dict[str, Any]:
+    """Delete the raw-text partitions that ``lake.raw_text_days`` no longer allows at ``ds``."""
+    from echo_lib.mining.retention import expire_raw_text as expire
+
+    cfg = _config()
+    days = cfg.lake.raw_text_days
+    deleted = expire(cfg.lake_uri, ds, days)
+    gone = "; ".join(f"{table} {', '.join(dates)}" for table, dates in deleted.items()) or "nothing"
+    print(f"raw text kept {days or 'unlimited'} day(s) back from {ds}: deleted {gone}")
+    return {"as_of": ds, "days": days, "deleted": deleted}
+
+
 # ---- echo_world -----------------------------------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ for name, command in (
     ("mine", data.mine),
     ("build-dataset", data.build_dataset),
     ("forget", data.forget),
+    ("expire", data.expire),
     ("train", model.train),
     ("evaluate", judge.evaluate),
     ("calibrate", model.calibrate),

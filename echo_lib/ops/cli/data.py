@@ -226,3 +226,38 @@ def forget(
         console.print(
             f"trained on their data (retrain to erase it from weights too): {versions}", highlight=False
         )
+
+
+def expire(
+    ctx: typer.Context,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="count back from this day (default: newest raw day)")
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help="days of raw text to keep (default: lake.raw_text_days)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete raw, bronze, silver and quarantine partitions older than the retention allows (the
+    nightly's last task does the same); gold, scrubbed, stays."""
+    from pydantic import ValidationError
+
+    from echo_lib.core.config import LakeSettings
+    from echo_lib.mining.retention import expire_raw_text, newest_raw_date
+
+    cfg = loaded(ctx).config
+    try:
+        days = LakeSettings(raw_text_days=cfg.lake.raw_text_days if days is None else days).raw_text_days
+    except ValidationError as exc:
+        raise fail(exc.errors()[0]["msg"], code=2) from exc
+    as_of = parse_date(as_of).isoformat() if as_of else newest_raw_date(cfg.lake_uri)
+    if as_of is None:
+        raise fail(f"no raw telemetry in {cfg.lake_uri}: nothing to expire", code=1)
+    deleted = expire_raw_text(cfg.lake_uri, as_of, days)
+    result = {"as_of": as_of, "days": days, "deleted": deleted}
+    if printed_json(as_json, result):
+        return
+    gone = "; ".join(f"{t} {', '.join(d)}" for t, d in deleted.items()) or "nothing"
+    console.print(
+        f"raw text kept {days or 'unlimited'} day(s) back from {as_of}: deleted {gone}", highlight=False
+    )
