@@ -21,12 +21,53 @@ pytestmark = pytest.mark.integration
 DAYS = ("2026-11-20", "2026-11-21")
 
 
-def land_world_day(cfg, day: str, sessions: int = 8) -> None:
+def land_world_day(cfg, day: str, sessions: int = 8, delivery=None) -> None:
     """A day of raw telemetry from the real world simulator (proposals built from the real code)."""
     from echo_lib.world.runner import simulate_day, world_files
 
     texts = [f.text for f in world_files(cfg, "experience", None)]
-    simulate_day(cfg, date.fromisoformat(day), sessions=sessions, engine=Oracle(texts, seed=1))
+    simulate_day(
+        cfg, date.fromisoformat(day), sessions=sessions, engine=Oracle(texts, seed=1), delivery=delivery
+    )
+
+
+def serial_nightlies(spark, cfg, lake: str, days: tuple[str, ...]) -> dict[str, str]:
+    """``echo_nightly``'s steps for ``days``, one day after another, in this process; returns the
+    content hash of silver D-1 as each day's build read it (provisional) by date."""
+    from datetime import timedelta
+
+    from echo_lib.core.lake import is_complete
+    from echo_lib.mining.dataset import content_hash, run_build
+    from echo_lib.mining.ingest import Limits, run_ingest
+    from echo_lib.mining.refinements import run_mine
+    from echo_lib.world import corpus
+
+    heldout = [f.text for f in corpus.scan(corpus.team_repos(cfg), cfg).select("heldout")]
+    provisional = {}
+    for day in days:
+        previous = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+        run_ingest(spark, lake, day, Limits(cfg.ingest.max_line_bytes, cfg.ingest.max_file_bytes))
+        if is_complete(spark, lake, "bronze/events", previous):
+            run_mine(spark, lake, previous)
+        run_mine(spark, lake, day)
+        provisional[day] = content_hash(spark.read.parquet(f"{lake}/silver/refinements/dt={day}"))[0]
+        run_build(spark, lake, [previous, day], heldout, settings=cfg.dataset)
+    return provisional
+
+
+def lake_hashes(spark, lake: str, days: tuple[str, ...]) -> dict[str, str]:
+    from echo_lib.mining.dataset import content_hash
+
+    tables = ["bronze/events", "quarantine/events", "silver/refinements", "quarantine/orphans"]
+    tables += [f"gold/{name}" for name in ("sft", "preference", "kto")]
+    return {  # the source file's path names the lake: leave it out
+        f"{table} {day}": content_hash(
+            spark.read.parquet(f"{lake}/{table}/dt={day}").drop("_source_file", "source_file")
+        )[0]
+        for table in tables
+        for day in days
+        if Path(f"{lake}/{table}/dt={day}/_SUCCESS").is_file()
+    }
 
 
 def call(url: str, *, method: str = "GET", body: dict | None = None, token: str | None = None):
@@ -42,10 +83,21 @@ def call(url: str, *, method: str = "GET", body: dict | None = None, token: str 
         return exc.code, exc.read().decode(errors="replace")
 
 
-def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
+def test_backfill_with_several_active_runs_beside_a_manual_mine_matches_a_serial_run(
+    spark, tmp_path: Path
+) -> None:
+    """A backfill made through the REST API as the UI makes it, both dates active at once, and a
+    manual ``echoctl mine`` of the second date while it runs: every partition ends complete and
+    identical to the same nightlies run one after another."""
+    import shutil
+    import subprocess
+    import sys
+
     from echo_lib.core.lake import gold_dates, read_manifest
     from echo_lib.ops import airflow_services as services
     from echo_lib.training.launch import free_port
+    from echo_lib.world.delivery import DeliveryParams
+    from tests.conftest import echoctl_env
 
     cfg = load_config(
         overrides={
@@ -56,8 +108,12 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
             "airflow.parallelism": 2,
         }
     ).config
+    # half the sessions of a day send their tail the next day: the re-mine of D-1 matters
     for day in DAYS:
-        land_world_day(cfg, day)
+        land_world_day(cfg, day, delivery=DeliveryParams(late_session_rate=0.5))
+    serial_lake = tmp_path / "serial-lake"
+    shutil.copytree(Path(cfg.lake_uri) / "raw", serial_lake / "raw")
+    manual = None
     try:
         state = services.up(cfg)
         assert all(c["running"] for c in state["components"].values())
@@ -91,7 +147,7 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
                     "run_backwards": False,
                     "dag_run_conf": {},
                     "reprocess_behavior": "none",
-                    "max_active_runs": 1,
+                    "max_active_runs": 2,
                 },
             )
             if status != 503:
@@ -101,6 +157,14 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
 
         deadline = time.monotonic() + 900
         while True:
+            if manual is None and (Path(cfg.lake_uri) / f"bronze/events/dt={DAYS[1]}/_SUCCESS").is_file():
+                manual = subprocess.Popen(  # an operator re-mines the day by hand meanwhile
+                    [str(Path(sys.executable).with_name("echoctl")), "mine", "--date", DAYS[1]],
+                    env=echoctl_env(tmp_path / "var", ECHO_SPARK__MASTER="local[1]"),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
             status, runs = call(f"{api}/dags/echo_nightly/dagRuns?run_type=backfill", token=token)
             assert status == 200, runs
             states = sorted((r["logical_date"][:10], r["state"]) for r in runs["dag_runs"])
@@ -109,9 +173,21 @@ def test_backfill_two_dates_through_the_rest_api(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"backfill still running: {states}"
             time.sleep(5)
         assert states == [(DAYS[0], "success"), (DAYS[1], "success")]
+        assert manual is not None, "the second date's bronze never appeared"
+        out, _ = manual.communicate(timeout=600)
+        assert manual.returncode == 0, out[-3000:]
     finally:
+        if manual is not None and manual.poll() is None:
+            manual.kill()
         services.down(cfg)
     assert services.status(cfg)["components"] == {}
+
+    concurrent = lake_hashes(spark, cfg.lake_uri, DAYS)
+    provisional = serial_nightlies(spark, cfg, str(serial_lake), DAYS)
+    serial = lake_hashes(spark, str(serial_lake), DAYS)
+    assert len(serial) >= 12 and concurrent == serial
+    # the order mattered: the late tails changed silver D1 after D1's own build read it
+    assert provisional[DAYS[0]] != serial[f"silver/refinements {DAYS[0]}"]
 
     assert set(DAYS) <= set(gold_dates(cfg.lake_uri))
     from echo_lib.core import registry

@@ -83,7 +83,15 @@ def test_operations_policy(bag: dict) -> None:
 
 def test_wiring(bag: dict) -> None:
     nightly = bag["dags"]["echo_nightly"]["tasks"]
-    chain = ["wait_for_raw", "ingest", "remine_previous_day", "mine", "build_dataset", "publish_gold"]
+    chain = [
+        "wait_for_raw",
+        "wait_for_previous_day",
+        "ingest",
+        "remine_previous_day",
+        "mine",
+        "build_dataset",
+        "publish_gold",
+    ]
     chain.append("expire_raw_text")
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert nightly[upstream]["downstream"] == [downstream]

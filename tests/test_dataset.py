@@ -180,15 +180,6 @@ def test_accepted_harvest_keeps_the_proposal_as_shown(spark, tmp_path: Path) -> 
     assert sorted(r["completion"] for r in sft) == ["return value_1", "return value_4"]
 
 
-def test_rebuild_is_identical(spark, silver: Path) -> None:
-    first = run_build(spark, str(silver), ["2026-11-24"], [])
-    second = run_build(spark, str(silver), ["2026-11-24"], [])
-    assert {k: v["sha256"] for k, v in first["datasets"].items()} == {
-        k: v["sha256"] for k, v in second["datasets"].items()
-    }
-    assert first["sha256"] == second["sha256"]
-
-
 def test_caps_limit_one_developer(spark, silver: Path) -> None:
     settings = DatasetSettings(cap_per_user=5, opt_out_users=["opted-out-user"])
     m = run_build(spark, str(silver), ["2026-11-24"], [], settings=settings)

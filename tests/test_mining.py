@@ -183,11 +183,13 @@ def test_as_arrived_keeps_the_first_snapshot_a_naive_harvester_would(spark) -> N
 # --------------------------------------------------------------------------- world data, known truth
 
 
-def world_day(lake: Path, seed: int, *, drop_snapshots: bool = False, calibration_percent: int = 0):
+def world_day(
+    lake: Path, seed: int, *, drop_snapshots: bool = False, calibration_percent: int = 0, sessions: int = 40
+):
     # calibration_percent=0: the experience files this test was verified on before the calibration split
     cfg = load_config(overrides={"corpus.calibration_percent": calibration_percent}).config
     files = [f for f in corpus.scan(corpus.team_repos(cfg), cfg).select("experience") if len(f.text) < 40_000]
-    specs = plan_day(files, date(2026, 11, 24), 40, seed, BehaviourParams(), DeliveryParams())
+    specs = plan_day(files, date(2026, 11, 24), sessions, seed, BehaviourParams(), DeliveryParams())
     results = run_sessions(specs, Oracle([s.text for s in specs], seed), BehaviourParams(), concurrency=16)
     sessions = [
         [e for e in r.events if not (drop_snapshots and e["event_type"] == "region_snapshot")]

@@ -87,6 +87,27 @@ def raw_ready(ds: str) -> bool:
     return any(i.base_name.endswith(".jsonl.gz") for i in infos)
 
 
+#: task states after which a run of D-1 will not touch silver D-1 again
+FINISHED = ["success", "failed", "skipped", "upstream_failed", "removed"]
+
+
+def previous_day_built(ti: Any, logical_date: datetime) -> bool:
+    """Sensor body: has the run of D-1 finished building gold (or is there none)?
+
+    The run of D-1 mines D-1 with bronze D if it is there (the lookback rule) and builds gold from
+    the provisional silver D-1 that run D re-mines: two runs side by side (a backfill with several
+    active runs) must take their Spark steps in date order, or gold would depend on timing."""
+    previous = logical_date - timedelta(days=1)
+    if ti.get_dr_count(dag_id=ti.dag_id, logical_dates=[previous]) == 0:
+        print(f"no run of {previous.date()}: nothing to wait for")
+        return True
+    done = ti.get_ti_count(
+        dag_id=ti.dag_id, task_ids=["build_dataset"], logical_dates=[previous], states=FINISHED
+    )
+    print(f"the run of {previous.date()} has {'finished' if done else 'not finished'} build_dataset")
+    return done > 0
+
+
 def gold_manifest(ds: str) -> dict[str, Any]:
     """The gold build of ``ds`` (fails if build-dataset did not complete it)."""
     from echo_lib.core.lake import gold_dates, read_manifest
