@@ -275,24 +275,27 @@ def arrow_fs(lake: str):
     return pafs.FileSystem.from_uri(lake)
 
 
+def listed_dates(lake: str, table: str) -> list[str]:
+    """The dates of ``table``'s ``dt=D`` folders, oldest first, complete or not."""
+    import pyarrow.fs as pafs
+
+    fs, root = arrow_fs(lake)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{table}", allow_not_found=True))
+    return sorted(
+        i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt=")
+    )
+
+
 def gold_dates(lake: str) -> list[str]:
     """Dates with a complete gold build (its manifest partition carries ``_SUCCESS``)."""
     import pyarrow.fs as pafs
 
     fs, root = arrow_fs(lake)
-    base = f"{root}/gold/_manifests"
-    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    dates = []
-    for info in infos:
-        name = info.base_name
-        complete = f"{base}/{name}/_SUCCESS"
-        if (
-            info.type == pafs.FileType.Directory
-            and name.startswith("dt=")
-            and fs.get_file_info(complete).type == pafs.FileType.File
-        ):
-            dates.append(name[3:])
-    return sorted(dates)
+    return [
+        dt
+        for dt in listed_dates(lake, "gold/_manifests")
+        if fs.get_file_info(f"{root}/gold/_manifests/dt={dt}/_SUCCESS").type == pafs.FileType.File
+    ]
 
 
 def read_manifest(lake: str, dt: str) -> dict[str, Any]:

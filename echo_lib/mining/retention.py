@@ -35,7 +35,7 @@ def expire_raw_text(lake: str, as_of: str, days: int) -> dict[str, list[str]]:
     return the deleted dates per table."""
     import pyarrow.fs as pafs
 
-    from echo_lib.core.lake import arrow_fs
+    from echo_lib.core.lake import arrow_fs, listed_dates
 
     fs, root = arrow_fs(lake)
     deleted: dict[str, list[str]] = {}
@@ -45,12 +45,7 @@ def expire_raw_text(lake: str, as_of: str, days: int) -> dict[str, list[str]]:
         for info in fs.get_file_info(pafs.FileSelector(trash, allow_not_found=True)):
             if info.base_name.startswith("expired-"):  # a crashed expiry's debris
                 fs.delete_dir(info.path)
-        found = [
-            i.base_name[3:]
-            for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-            if i.type == pafs.FileType.Directory and i.base_name.startswith("dt=")
-        ]
-        for dt in expired_dates(found, as_of, days):
+        for dt in expired_dates(listed_dates(lake, table), as_of, days):
             if fs.get_file_info(f"{base}/_leases/dt={dt}").type != pafs.FileType.NotFound:
                 continue  # a writer (a backfill of an old day) holds it: the next run expires it
             fs.create_dir(trash, recursive=True)
@@ -63,13 +58,12 @@ def expire_raw_text(lake: str, as_of: str, days: int) -> dict[str, list[str]]:
 
 def newest_raw_date(lake: str) -> str | None:
     """The newest day the collector has landed: the default ``as_of`` outside Airflow."""
-    import pyarrow.fs as pafs
+    from echo_lib.core.lake import listed_dates
 
-    from echo_lib.core.lake import arrow_fs
+    return max(listed_dates(lake, "raw/events"), default=None)
 
-    fs, root = arrow_fs(lake)
-    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events", allow_not_found=True))
-    dates = [
-        i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("dt=")
-    ]
-    return max(dates, default=None)
+
+def summary(result: dict) -> str:
+    """One line for a log or a terminal: what ``expire_raw_text`` deleted and by which rule."""
+    gone = "; ".join(f"{table} {', '.join(dates)}" for table, dates in result["deleted"].items()) or "nothing"
+    return f"raw text kept {result['days'] or 'unlimited'} day(s) back from {result['as_of']}: deleted {gone}"

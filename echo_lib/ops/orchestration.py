@@ -127,13 +127,13 @@ def gold_manifest(ds: str) -> dict[str, Any]:
 def expire_raw_text(ds: str) -> dict[str, Any]:
     """Delete the raw-text partitions that ``lake.raw_text_days`` no longer allows at ``ds``."""
     from echo_lib.mining.retention import expire_raw_text as expire
+    from echo_lib.mining.retention import summary
 
     cfg = _config()
     days = cfg.lake.raw_text_days
-    deleted = expire(cfg.lake_uri, ds, days)
-    gone = "; ".join(f"{table} {', '.join(dates)}" for table, dates in deleted.items()) or "nothing"
-    print(f"raw text kept {days or 'unlimited'} day(s) back from {ds}: deleted {gone}")
-    return {"as_of": ds, "days": days, "deleted": deleted}
+    result = {"as_of": ds, "days": days, "deleted": expire(cfg.lake_uri, ds, days)}
+    print(summary(result))
+    return result
 
 
 # ---- echo_world -----------------------------------------------------------------------------------

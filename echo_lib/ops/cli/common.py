@@ -53,13 +53,13 @@ def printed_json(as_json: bool, value: Any) -> bool:
     return as_json
 
 
-def parse_date(value: str):
+def parse_date(value: str, option: str = "--date"):
     from datetime import date
 
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise fail(f"--date must be YYYY-MM-DD, got {value!r}", code=2) from None
+        raise fail(f"{option} must be YYYY-MM-DD, got {value!r}", code=2) from None
 
 
 def say_dim(message: str) -> None:

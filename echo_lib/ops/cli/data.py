@@ -243,21 +243,18 @@ def expire(
     from pydantic import ValidationError
 
     from echo_lib.core.config import LakeSettings
-    from echo_lib.mining.retention import expire_raw_text, newest_raw_date
+    from echo_lib.mining.retention import expire_raw_text, newest_raw_date, summary
 
     cfg = loaded(ctx).config
     try:
         days = LakeSettings(raw_text_days=cfg.lake.raw_text_days if days is None else days).raw_text_days
     except ValidationError as exc:
-        raise fail(exc.errors()[0]["msg"], code=2) from exc
-    as_of = parse_date(as_of).isoformat() if as_of else newest_raw_date(cfg.lake_uri)
+        raise fail(f"--days {days}: {exc.errors()[0]['msg']}", code=2) from exc
+    as_of = parse_date(as_of, "--as-of").isoformat() if as_of else newest_raw_date(cfg.lake_uri)
     if as_of is None:
         raise fail(f"no raw telemetry in {cfg.lake_uri}: nothing to expire", code=1)
     deleted = expire_raw_text(cfg.lake_uri, as_of, days)
     result = {"as_of": as_of, "days": days, "deleted": deleted}
     if printed_json(as_json, result):
         return
-    gone = "; ".join(f"{t} {', '.join(d)}" for t, d in deleted.items()) or "nothing"
-    console.print(
-        f"raw text kept {days or 'unlimited'} day(s) back from {as_of}: deleted {gone}", highlight=False
-    )
+    console.print(summary(result), highlight=False)
