@@ -15,10 +15,9 @@ STAMP := $(VENV)/.echo-installed
 # Everything the project writes lives under var/ (see README "Where things live").
 export ECHO_HOME ?= $(CURDIR)
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/var/cache/torch_extensions
-export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test flywheel lint doctor airflow airflow-down mlflow clean reset
+.PHONY: help install demo test flywheel lint doctor airflow airflow-down cluster cluster-down cluster-smoke mlflow clean reset
 
 help:
 	@echo "make demo    run Echo end to end on embedded defaults (creates .venv on first use)"
@@ -27,6 +26,9 @@ help:
 	@echo "make lint    ruff over the tree"
 	@echo "make airflow start Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1"
 	@echo "make airflow-down  stop them"
+	@echo "make cluster start cluster mode here: PostgreSQL, MLflow server, Spark master + 2 workers, Airflow"
+	@echo "make cluster-down  stop it"
+	@echo "make cluster-smoke build the image and run docker/compose.yaml (needs docker and base images)"
 	@echo "make mlflow  the MLflow UI on 127.0.0.1:5000"
 	@echo "make reset   delete var/ (lake, MLflow store, Airflow home, checkpoints); keeps .venv"
 	@echo "make clean   delete var/ and .venv"
@@ -68,6 +70,15 @@ airflow: $(STAMP)
 
 airflow-down: $(STAMP)
 	@$(BIN)/echoctl airflow down
+
+cluster: $(STAMP)
+	@$(BIN)/echoctl cluster up
+
+cluster-down: $(STAMP)
+	@$(BIN)/echoctl cluster down
+
+cluster-smoke:
+	@bash scripts/cluster-smoke.sh
 
 mlflow: $(STAMP)
 	@$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --host 127.0.0.1 --port 5000

@@ -111,3 +111,59 @@ def test_cli_config_error_is_one_line_and_exit_2() -> None:
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert "train.num_procs" in result.stderr
+
+
+def test_cluster_settings_reach_the_processes_echo_starts(tmp_path) -> None:
+    from echo_lib.core.config import load_config
+    from echo_lib.core.spark import spark_conf
+    from echo_lib.training.launch import deepspeed_command, write_deepspeed_env
+
+    cfg = load_config(
+        overrides={
+            "spark.driver_host": "10.0.0.5",
+            "airflow.executor": "CeleryExecutor",
+            "airflow.execution_api_url": "http://api:8080/execution/",
+            "mlflow.tracking_uri": "http://mlflow:5000",
+            "train.num_nodes": 2,
+            "train.hostfile": "/etc/hostfile",
+            "train.no_ssh": True,
+            "train.node_rank": 1,
+            "train.master_addr": "10.0.0.1",
+        }
+    ).config
+    assert spark_conf(cfg)["spark.driver.host"] == "10.0.0.5"
+    assert cfg.runtime_env()["SPARK_LOCAL_IP"] == "10.0.0.5"
+    airflow = cfg.airflow_env()
+    assert airflow["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert airflow["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api:8080/execution/"
+    assert cfg.mlflow_artifact_location == ""  # the server stores artifacts, not a client path
+    cmd = deepspeed_command(cfg, tmp_path / "job.json")
+    assert cmd[cmd.index("--node_rank") + 1] == "1" and "--no_ssh" in cmd
+    assert cmd[cmd.index("--master_addr") + 1] == "10.0.0.1"
+    env_file = write_deepspeed_env(cfg, tmp_path / "job.json").read_text()
+    assert "DS_ACCELERATOR=cpu\n" in env_file and "OMP_NUM_THREADS=1\n" in env_file
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.node_rank": 1}, "node_rank 1 is not below num_nodes 1"),
+        (
+            {"train.num_nodes": 2, "train.hostfile": "h", "train.no_ssh": True},
+            "needs train.master_addr",
+        ),
+    ],
+)
+def test_multi_node_settings_that_cannot_work_are_refused(overrides, message) -> None:
+    from echo_lib.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_train_node_refuses_to_run_as_node_0() -> None:
+    from echo_lib.core.config import load_config
+    from echo_lib.training.launch import TrainingFailed, follow
+
+    with pytest.raises(TrainingFailed, match="train.node_rank > 0"):
+        follow(load_config().config, max_jobs=1)

@@ -51,6 +51,12 @@ class _Section(BaseModel):
 class SparkSettings(_Section):
     master: str = Field("local[*]", description="Spark master URL: local[*], spark://, yarn, k8s://")
     driver_memory: str = Field("4g", description="spark.driver.memory for jobs Echo submits")
+    driver_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address of this machine that a cluster's executors can reach (spark.driver.host, "
+        "SPARK_LOCAL_IP): the driver runs where jobs are submitted. 127.0.0.1 only for one machine",
+    )
     shuffle_partitions: int = Field(
         8, gt=0, description="spark.sql.shuffle.partitions (AQE coalesces further)"
     )
@@ -110,7 +116,18 @@ class AirflowSettings(_Section):
     sql_alchemy_conn: str = Field("", description="metadata DB; default SQLite under the Airflow home")
     host: str = Field("127.0.0.1", description="address the api-server binds")
     port: int = Field(8080, gt=0, lt=65536, description="api-server port")
-    parallelism: int = Field(4, gt=0, description="LocalExecutor slots (keep low on 2 cores)")
+    executor: str = Field(
+        "LocalExecutor",
+        min_length=1,
+        description="Airflow executor: LocalExecutor, or CeleryExecutor / KubernetesExecutor (their "
+        "provider installed) on a cluster",
+    )
+    execution_api_url: str = Field(
+        "",
+        description="URL workers reach the api-server's execution API at; default "
+        "http://<host>:<port>/execution/ (set it when workers run on other machines)",
+    )
+    parallelism: int = Field(4, gt=0, description="executor slots (keep low on 2 cores)")
     nightly_cron: str = Field("0 2 * * *", description="schedule of the nightly data DAG")
     world_dag: bool = Field(
         True, description="define the echo_world DAG (simulated traffic): demo only, set false in production"
@@ -130,6 +147,15 @@ class TrainSettings(_Section):
     num_nodes: int = Field(1, gt=0, description="nodes; >1 needs a hostfile")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs")
     master_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port of the deepspeed launcher")
+    master_addr: str = Field(
+        "", description="address of node 0 for multi-node runs; default: the hostfile's first host"
+    )
+    no_ssh: bool = Field(
+        False,
+        description="multi-node without ssh (containers, Kubernetes): every node runs its own launcher; "
+        "node 0 runs echoctl train, the others `echoctl train-node`",
+    )
+    node_rank: int = Field(0, ge=0, description="this node's rank with no_ssh (0 runs echoctl train)")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     torch_threads: int = Field(
         1, gt=0, description="torch intra-op threads per rank (measured: 1 is best on 2 cores)"
@@ -145,6 +171,10 @@ class TrainSettings(_Section):
     def _multi_node_needs_hostfile(self) -> TrainSettings:
         if self.num_nodes > 1 and not self.hostfile:
             raise ValueError("num_nodes > 1 needs train.hostfile")
+        if self.node_rank >= self.num_nodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below num_nodes {self.num_nodes}")
+        if self.no_ssh and self.num_nodes > 1 and not self.master_addr:
+            raise ValueError("no_ssh with num_nodes > 1 needs train.master_addr (node 0's address)")
         return self
 
 
@@ -384,8 +414,22 @@ class EchoConfig(BaseSettings):
         return self.mlflow.tracking_uri or f"sqlite:///{self.var_path / 'mlflow' / 'mlflow.db'}"
 
     @property
+    def mlflow_is_server(self) -> bool:
+        """The tracking URI is an MLflow server (it stores artifacts where it was told to)."""
+        return self.mlflow_tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    @property
     def mlflow_artifact_location(self) -> str:
-        return self.mlflow.artifact_location or (self.var_path / "mlflow" / "artifacts").as_uri()
+        """Artifact root for new experiments; empty with a server and no explicit setting, so the
+        server's own ``--artifacts-destination`` (``mlflow-artifacts:/``) is used, never a path of
+        the client's file system."""
+        if self.mlflow.artifact_location or self.mlflow_is_server:
+            return self.mlflow.artifact_location
+        return (self.var_path / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def airflow_execution_api_url(self) -> str:
+        return self.airflow.execution_api_url or f"http://{self.airflow.host}:{self.airflow.port}/execution/"
 
     @property
     def airflow_home(self) -> Path:
@@ -416,14 +460,14 @@ class EchoConfig(BaseSettings):
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.airflow.executor,
             "AIRFLOW__CORE__PARALLELISM": str(self.airflow.parallelism),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_sql_alchemy_conn,
             "AIRFLOW__API__HOST": self.airflow.host,
             "AIRFLOW__API__PORT": str(self.airflow.port),
             "AIRFLOW_CONN_ECHO_SPARK": f'{{"conn_type": "spark", "host": "{self.spark.master}"}}',
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.airflow.admin_user}:admin",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{self.airflow.host}:{self.airflow.port}/execution/",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": self.airflow_execution_api_url,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.airflow.port + 13),
@@ -440,7 +484,7 @@ class EchoConfig(BaseSettings):
         """Environment every Echo subprocess (spark-submit, deepspeed) should inherit."""
         return {
             "ECHO_HOME": str(self.home),
-            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            "SPARK_LOCAL_IP": self.spark.driver_host,
             "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(self.torch_extensions_dir)),
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
         }
@@ -594,6 +638,7 @@ def effective_items(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
         "mlflow.artifact_location": cfg.mlflow_artifact_location,
         "airflow.home": str(cfg.airflow_home),
         "airflow.sql_alchemy_conn": cfg.airflow_sql_alchemy_conn,
+        "airflow.execution_api_url": cfg.airflow_execution_api_url,
         "train.checkpoint_dir": str(cfg.checkpoint_dir),
     }
     rows = []

@@ -64,6 +64,7 @@ def spark_conf(cfg: EchoConfig) -> dict[str, str]:
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.driver.memory": cfg.spark.driver_memory,
+        "spark.driver.host": cfg.spark.driver_host,
         "spark.ui.showConsoleProgress": "false",
     }
     conf.update(cfg.spark.conf)
@@ -72,7 +73,8 @@ def spark_conf(cfg: EchoConfig) -> dict[str, str]:
 
 def get_session(cfg: EchoConfig, app_name: str, *, master: str | None = None) -> SparkSession:
     """Build (or reuse) the process's SparkSession for ``app_name``."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # the driver binds (and executors call back) on spark.driver_host
+    os.environ["SPARK_LOCAL_IP"] = cfg.spark.driver_host
     # Python workers must run the interpreter that has Echo's packages (a cluster sets its own).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession

@@ -25,6 +25,6 @@ def ensure_experiment(cfg: EchoConfig, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(
-        name, artifact_location=f"{cfg.mlflow_artifact_location.rstrip('/')}/{name}"
-    )
+    root = cfg.mlflow_artifact_location
+    # with a server and no explicit root, the server decides where artifacts go
+    return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}" if root else None)

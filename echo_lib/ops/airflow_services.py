@@ -13,11 +13,9 @@ tasks see exactly the config the command was started with, flags included.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_lib.core.config import EchoConfig
+from echo_lib.ops.processes import alive, spawn, stop
 
 COMPONENTS = {
     "api-server": lambda cfg: ["api-server", "--host", cfg.airflow.host, "--port", str(cfg.airflow.port)],
@@ -86,17 +85,9 @@ def migrate(cfg: EchoConfig, env: dict[str, str] | None = None) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def status(cfg: EchoConfig) -> dict[str, Any]:
     state = json.loads(_state_file(cfg).read_text()) if _state_file(cfg).is_file() else {}
-    components = {name: {"pid": pid, "running": _alive(pid)} for name, pid in state.get("pids", {}).items()}
+    components = {name: {"pid": pid, "running": alive(pid)} for name, pid in state.get("pids", {}).items()}
     healthy = False
     if components:
         try:
@@ -121,19 +112,10 @@ def up(cfg: EchoConfig, *, wait_s: float = 120) -> dict[str, Any]:
     migrate(cfg, env)
     logs = cfg.airflow_home / "logs" / "components"
     logs.mkdir(parents=True, exist_ok=True)
-    pids = {}
-    for name, args in COMPONENTS.items():
-        with (logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [airflow_bin(), *args(cfg)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: down() stops it and its children
-                cwd=cfg.airflow_home,
-            )
-        pids[name] = proc.pid
+    pids = {
+        name: spawn([airflow_bin(), *args(cfg)], log=logs / f"{name}.log", env=env, cwd=cfg.airflow_home)
+        for name, args in COMPONENTS.items()
+    }
     _state_file(cfg).write_text(json.dumps({"pids": pids, "started": time.time()}))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -154,20 +136,7 @@ def down(cfg: EchoConfig, *, grace_s: float = 20) -> list[str]:
     state_file = _state_file(cfg)
     if not state_file.is_file():
         return []
-    pids = json.loads(state_file.read_text()).get("pids", {})
-    stopped = []
-    for name, pid in pids.items():
-        if _alive(pid):
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGTERM)
-                stopped.append(name)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
-        time.sleep(0.5)
-    for pid in pids.values():
-        if _alive(pid):
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+    stopped = stop(json.loads(state_file.read_text()).get("pids", {}), grace_s=grace_s)
     state_file.unlink(missing_ok=True)
     return stopped
 
@@ -212,3 +181,18 @@ def dags_test(cfg: EchoConfig, dag_id: str, logical_date: str, *, log: Path) -> 
         lines = [ln for ln in text.splitlines() if "Error" in ln or "failed" in ln.lower()]
         reason = (lines or finished or ["no DagRun finished"])[-1].strip()[:300]
         raise AirflowError(f"{dag_id} for {logical_date} failed: {reason} (log: {log})")
+
+
+def run_component(cfg: EchoConfig, name: str) -> None:
+    """Replace this process with one Airflow component, in Echo's Airflow environment: what a
+    container of Echo's image runs (``docker/entrypoint.sh airflow-<name>``)."""
+    if name not in COMPONENTS:
+        raise AirflowError(f"unknown component {name!r}; choose one of {', '.join(COMPONENTS)}")
+    env = environment(cfg)
+    os.execve(airflow_bin(), [airflow_bin(), *COMPONENTS[name](cfg)], env)
+
+
+if __name__ == "__main__":
+    from echo_lib.core.config import load_config
+
+    run_component(load_config().config, sys.argv[1])

@@ -63,6 +63,7 @@ for name, command in (
     ("forget", data.forget),
     ("expire", data.expire),
     ("train", model.train),
+    ("train-node", model.train_node),
     ("evaluate", judge.evaluate),
     ("calibrate", model.calibrate),
     ("compare", judge.compare),
@@ -74,6 +75,7 @@ for name, command in (
     app.command(name)(command)
 app.add_typer(stack.config_app, name="config")
 app.add_typer(stack.airflow_app, name="airflow")
+app.add_typer(stack.cluster_app, name="cluster")
 
 if __name__ == "__main__":
     app()

@@ -56,7 +56,8 @@ def bootstrap(
     r = result.report or {}
     console.print(
         f"registered models:/{name}/{result.version} as @champion in {result.seconds:.0f} s: "
-        f"{r['parameters']:,} parameters, {r['tokens']:,} tokens, final loss {r['final_loss']:.3f}, "
+        f"{r['parameters']:,} parameters, {r['tokens']:,} tokens, "
+        f"final loss {r['final_loss'] if r['final_loss'] is not None else r['train_loss']:.3f}, "
         f"{r['tokens_per_s']:.0f} tokens/s on {r['world_size']} rank(s) (run {result.run_id})",
         highlight=False,
     )
@@ -127,6 +128,22 @@ def train(
         f"MLflow run {result.run_id}",
         highlight=False,
     )
+
+
+def train_node(
+    ctx: typer.Context,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", help="exit after this many jobs (default: run until stopped)")
+    ] = None,
+) -> None:
+    """On node 1..N-1 of a no-ssh multi-node run (train.no_ssh, train.node_rank > 0): launch this
+    node's ranks for every training job node 0 starts (node 0 runs ``echoctl train``)."""
+    from echo_lib.training.launch import TrainingFailed, follow
+
+    cfg = loaded(ctx).config
+    with failing("train-node failed", TrainingFailed):
+        done = follow(cfg, max_jobs=max_jobs, say=say_dim)
+    console.print(f"node {cfg.train.node_rank}: {done} job(s) run", highlight=False)
 
 
 def calibrate(

@@ -1,4 +1,5 @@
-"""The stack itself: ``echoctl config show``, ``doctor`` and ``airflow up|down|status|dags-test``."""
+"""The stack itself: ``echoctl config show``, ``doctor``, ``airflow up|down|status|dags-test`` and
+``cluster up|down|status``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import typer
 from rich.table import Table
 
 from echo_lib.core.config import effective_items
-from echo_lib.ops.cli.common import JsonOpt, console, fail, failing, loaded, parse_date, printed_json
+from echo_lib.ops.cli.common import (
+    JsonOpt,
+    console,
+    fail,
+    failing,
+    loaded,
+    parse_date,
+    printed_json,
+    say_dim,
+)
 
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 airflow_app = typer.Typer(
@@ -120,3 +130,72 @@ def airflow_dags_test(
     with failing("", AirflowError), console.status(f"airflow dags test {dag_id} {day} (log: {log}) ..."):
         dags_test(cfg, dag_id, day, log=log)
     console.print(f"{dag_id} {day}: success (log: {log})", highlight=False)
+
+
+cluster_app = typer.Typer(
+    help="Cluster mode on this machine: PostgreSQL, an MLflow server, Spark standalone, Airflow.",
+    no_args_is_help=True,
+)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="Spark workers")] = 2,
+    worker_cores: Annotated[int, typer.Option(min=1, help="cores per worker")] = 1,
+    worker_memory: Annotated[
+        str, typer.Option(help="memory per worker (an executor needs >= 450m)")
+    ] = "512m",
+    airflow: Annotated[
+        bool, typer.Option("--airflow/--no-airflow", help="also start Airflow on PostgreSQL")
+    ] = True,
+) -> None:
+    """Start the topology as real processes on 127.0.0.1 and write the config that points Echo at it."""
+    from echo_lib.ops.cluster import ClusterError, up
+
+    cfg = loaded(ctx).config
+    with failing("cluster up failed", ClusterError, RuntimeError):
+        state = up(
+            cfg,
+            workers=workers,
+            worker_cores=worker_cores,
+            worker_memory=worker_memory,
+            airflow=airflow,
+            say=say_dim,
+        )
+    for name, url in state["urls"].items():
+        console.print(f"{name} UI: {url}", highlight=False)
+    console.print(
+        f"point Echo at it: echoctl --config {state['config']} ...   (or ECHO_CONFIG={state['config']})",
+        highlight=False,
+    )
+    console.print("stop with: echoctl cluster down")
+
+
+@cluster_app.command("down")
+def cluster_down(ctx: typer.Context) -> None:
+    """Stop every process of the topology (Airflow, Spark, MLflow, then PostgreSQL); data stays."""
+    from echo_lib.ops.cluster import down
+
+    stopped = down(loaded(ctx).config)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@cluster_app.command("status")
+def cluster_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Which processes run, whether each service answers, and where the UIs are."""
+    from echo_lib.ops.cluster import ClusterError, status
+
+    with failing("", ClusterError):
+        state = status(loaded(ctx).config)
+    if printed_json(as_json, state):
+        return
+    for name, c in state["components"].items():
+        console.print(f"{name}: pid {c['pid']} {'running' if c['running'] else 'stopped'}", highlight=False)
+    for name, ok in state["health"].items():
+        console.print(f"{name}: {'healthy' if ok else 'NOT answering'}", highlight=False)
+    for name, url in state["urls"].items():
+        console.print(f"{name} UI: {url}", highlight=False)
+    console.print(f"config: {state['config']}", highlight=False)
+    if not state["healthy"]:
+        raise typer.Exit(1)
