@@ -65,7 +65,9 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {"cluster": [], "local[2]": []}
         for repeat in range(args.repeats):
             for name in runs:
-                lake = root / f"lake-{name}-{repeat}"
+                lake = (
+                    root / f"lake-{name.replace('[', '').replace(']', '')}-{repeat}"
+                )  # no glob characters in a Hadoop path
                 shutil.copytree(raw / "raw", lake / "raw")
                 if name == "cluster":
                     run_cfg = with_overrides(cluster.effective(cfg), {"lake.uri": str(lake)})
