@@ -119,7 +119,7 @@ def test_two_deepspeed_nodes_without_ssh_train_and_register_through_the_server(
     topology, tmp_path: Path
 ) -> None:
     from echo_lib.ops.cluster import config_path
-    from echo_lib.ops.processes import free_port
+    from echo_lib.training.launch import free_port
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")

@@ -201,8 +201,10 @@ def up(
     root = cluster_dir(cfg)
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    from echo_lib.training.launch import free_port
+
     ports = {
-        name: processes.free_port()
+        name: free_port()
         for name in ("postgres", "mlflow", "spark", "spark_ui", *(f"worker_ui_{i}" for i in range(workers)))
     }
     state: dict[str, Any] = {
