@@ -231,7 +231,7 @@ def test_the_whole_loop_as_dag_runs(bootstrapped: dict, tmp_path: Path) -> None:
     assert challenger.tags["echo.gold_dates"].endswith(day)
     assert challenger.tags["echo.gate.verdict"] in ("pass", "fail")  # the gate ran and said why
     assert challenger.tags["echo.gate.reasons"]
-    assert "echo.eval.acceptance_gain" in challenger.tags
+    assert "echo.acceptance_gain" in challenger.tags and challenger.description.startswith("Gate: ")
     # promotion.enabled is false by default: the verdict is recorded, @champion does not move
     assert str(registry.version_by_alias(cfg, registry.CHAMPION).version) == "1"
     assert [e["action"] for e in history(cfg)] == ["bootstrap"]

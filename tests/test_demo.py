@@ -1,4 +1,5 @@
-"""The demo's round table: both numbers, their CIs and the gains, one line per row in a log."""
+"""The demo's round table: both numbers, their CIs and the gains, never cut in a log; and the
+vertical layout every table uses when the output is not a terminal."""
 
 from __future__ import annotations
 
@@ -27,11 +28,43 @@ def test_round_table_shows_acceptance_and_what_users_got(monkeypatch) -> None:
     }
     demo.print_rounds([row])
     text = console.export_text()
-    lines = [line for line in text.splitlines() if line.startswith(("| 0 ", "| 1 "))]
-    assert len(lines) == 2  # one line per round even in an 80-column log, nothing cut
-    assert "7.62% [6.88%, 8.35%]" in lines[0] and "0.195 [0.171, 0.223]" in lines[0]
-    assert "12.01% [11.02%, 12.99%]" in lines[1] and "+4.39% [+3.50%, +5.20%]" in lines[1]
-    assert "+0.106 [+0.080, +0.130]" in lines[1] and "v2 (pass)" in lines[1]
-    assert "…" not in text
-    header = next(line for line in text.splitlines() if line.startswith("| round"))
-    assert all(line.count(" | ") == header.count(" | ") for line in lines)  # every cell in its column
+    blocks = text.split("- round: ")[1:]
+    assert len(blocks) == 2  # one block per round, each cell on its own line
+    assert "acceptance among shown: 7.62% [6.88%, 8.35%]" in blocks[0]
+    assert "retained chars / request: 0.195 [0.171, 0.223]" in blocks[0]
+    assert "12.01% [11.02%, 12.99%]" in blocks[1] and "+4.39% [+3.50%, +5.20%]" in blocks[1]
+    assert "+0.106 [+0.080, +0.130]" in blocks[1] and "v2 (pass)" in blocks[1]
+    assert "refinements kept" in blocks[1] and "…" not in text
+
+
+def test_tables_are_vertical_in_a_log_and_boxed_on_a_terminal() -> None:
+    from rich.table import Table
+
+    from echo_lib.ops.tables import print_table
+
+    table = Table(title="echoctl doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    table.add_row("spark", "[green]ok[/]", "local[2] " + "x" * 120)
+    table.add_row("mlflow", "[bold red]FAIL[/]", "no store")
+    log = Console(record=True, width=80, force_terminal=False)
+    print_table(log, table)
+    assert log.export_text().splitlines() == [
+        "echoctl doctor",
+        "- check: spark",
+        "    status: ok",
+        "    detail: local[2] " + "x" * 120,  # long values are not cut
+        "- check: mlflow",
+        "    status: FAIL",
+        "    detail: no store",
+    ]
+    pairs = Table()
+    pairs.add_column("metric")
+    pairs.add_column("value")
+    pairs.add_row("acceptance", "12.0%")
+    pairs.add_row("shown per trigger", "0.41")
+    print_table(log := Console(record=True, force_terminal=False), pairs)
+    assert log.export_text().splitlines() == ["  acceptance         12.0%", "  shown per trigger  0.41"]
+    terminal = Console(record=True, width=80, force_terminal=True)
+    print_table(terminal, table)
+    assert "┃" in terminal.export_text()  # a real box drawing on a terminal

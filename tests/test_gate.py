@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from echo_lib.core.config import PromotionSettings, load_config
+from echo_lib.core.stats import signed
 from echo_lib.evaluation.gate import decide
 from echo_lib.evaluation.heldout import (
     EVAL_DIGEST_TAG,
@@ -60,6 +61,19 @@ def test_gate_fails_on_a_regression_despite_a_gain() -> None:
     worse = decide(_metrics(sim=(0.40, 0.30)), PromotionSettings())
     assert not worse.passed and any("edit similarity regressed by 0.100" in r for r in worse.reasons)
     assert not decide(_metrics(gain=0.0, ci_low=0.0), PromotionSettings()).passed
+
+
+def test_gate_summary_leads_with_the_verdict_and_lists_only_failures() -> None:
+    both = decide(_metrics(ci_low=-0.001, forget=(0.30, 0.25)), PromotionSettings())
+    assert both.summary() == (
+        "FAIL: 95% CI lower bound -0.10% is not above 0; "
+        "forgetting (reserved public code) edit similarity regressed by 0.050 (> 0.020 allowed)"
+    )
+    assert decide(_metrics(), PromotionSettings()).summary() == "PASS: all 5 checks passed"
+    # a change that rounds to zero reads +0.000, never -0.000
+    unchanged = decide(_metrics(sim=(0.40, 0.4000001)), PromotionSettings())
+    assert any(r.startswith("edit similarity change +0.000") for r in unchanged.reasons)
+    assert signed(-0.00001, ".3f") == "+0.000" and signed(-0.004, ".2%") == "-0.40%"
 
 
 def test_gate_fails_an_unevaluated_version() -> None:
@@ -118,18 +132,22 @@ def registry_var(bootstrapped: dict, tmp_path: Path) -> Path:
     var = tmp_path / "var"
     copy_var(bootstrapped["var"], var)
     cfg = load_config(overrides={"var_dir": str(var)}).config
-    run_id = registry.version_by_alias(cfg, registry.CHAMPION).run_id
-    client = registry.client(cfg)
+    from echo_lib.agent.engine import fetch_model
+    from echo_lib.core.tracking import configure_mlflow
+
+    client, name = registry.client(cfg), cfg.mlflow.registered_model
+    weights = fetch_model(f"models:/{name}@champion", cfg.mlflow_tracking_uri, tmp_path / "cache")
     for number, metrics in (("2", _metrics()), ("3", _metrics(forget=(0.10, 0.01)))):
+        # each version has its own run, as training gives it: the evaluation's tags live there
+        run_id = client.create_run(configure_mlflow(cfg), run_name=f"v{number}").info.run_id
+        client.log_artifacts(run_id, str(weights), registry.MODEL_ARTIFACT_PATH)
         mv = registry.register_run_model(cfg, run_id, tags={"echo.stage": "train"}, description=f"v{number}")
         assert str(mv.version) == number
-        for key, value in metrics.items():
-            client.set_model_version_tag(cfg.mlflow.registered_model, number, f"echo.eval.{key}", str(value))
-        client.set_model_version_tag(cfg.mlflow.registered_model, number, "echo.eval.against", "1")
-        tags = client.get_model_version(cfg.mlflow.registered_model, number).tags
-        client.set_model_version_tag(
-            cfg.mlflow.registered_model, number, EVAL_DIGEST_TAG, evaluation_digest(tags)
-        )
+        tags = {f"echo.eval.{key}": str(value) for key, value in metrics.items()}
+        tags["echo.eval.against"] = "1"
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_model_version_tag(name, number, EVAL_DIGEST_TAG, evaluation_digest(tags))
     return var
 
 
@@ -150,17 +168,23 @@ def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> 
     assert dry["verdict"] == "pass" and dry["mode"] == "dry-run" and not dry["promoted"]
     assert dry["champion_after"] == "1"
     mv2 = registry.client(cfg).get_model_version(name, "2")
-    assert mv2.tags["echo.gate.verdict"] == "pass" and "Gate: PASS (dry-run" in mv2.description
+    assert mv2.tags["echo.gate.verdict"] == "pass"
+    # the description leads with the verdict, above what training wrote
+    assert mv2.description.startswith(
+        "Gate: PASS: all 5 checks passed (dry-run"
+    ) and mv2.description.endswith("\n\nv2")
+    run2 = registry.client(cfg).get_run(mv2.run_id).data.tags
     assert (
-        mv2.tags["echo.gate.eval_sha256"] == mv2.tags[EVAL_DIGEST_TAG] and mv2.tags["echo.gate.eval_run_id"]
+        run2["echo.gate.eval_sha256"] == mv2.tags[EVAL_DIGEST_TAG]
+        and run2["echo.gate.checks"].count(";") == 4
     )
 
     # an evaluation tag edited after the evaluation is detected, not trusted
-    gain = mv2.tags["echo.eval.acceptance_gain_ci_low"]
-    registry.client(cfg).set_model_version_tag(name, "2", "echo.eval.acceptance_gain_ci_low", "0.5")
+    gain = run2["echo.eval.acceptance_gain_ci_low"]
+    registry.client(cfg).set_tag(mv2.run_id, "echo.eval.acceptance_gain_ci_low", "0.5")
     tampered = _json(run_echoctl(registry_var, "promote", "--version", "2", "--json"))
     assert tampered["verdict"] == "fail" and "re-evaluate" in tampered["reasons"][0]
-    registry.client(cfg).set_model_version_tag(name, "2", "echo.eval.acceptance_gain_ci_low", gain)
+    registry.client(cfg).set_tag(mv2.run_id, "echo.eval.acceptance_gain_ci_low", gain)
 
     on = ("--set", "promotion.enabled=true")
     done = _json(run_echoctl(registry_var, *on, "promote", "--version", "2", "--json"))
@@ -177,6 +201,16 @@ def test_promote_rollback_and_history_on_a_real_registry(registry_var: Path) -> 
     failed = _json(run_echoctl(registry_var, *on, "promote", "--version", "3", "--json"))
     assert failed["verdict"] == "fail" and not failed["promoted"] and failed["champion_after"] == "2"
     assert any("edit similarity regressed" in r for r in failed["reasons"])
+    mv3 = registry.client(cfg).get_model_version(name, "3")
+    # only what failed, once, first
+    assert mv3.description.startswith(
+        "Gate: FAIL: forgetting (reserved public code) edit similarity regressed"
+    )
+    assert mv3.description.count("Gate:") == 1 and "acceptance gain" not in mv3.description
+    assert "<" not in registry.client(cfg).get_registered_model(name).description
+    # the UI opens the experiment on its runs, not on an empty GenAI traces page
+    experiment = registry.client(cfg).get_experiment_by_name(cfg.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     back = _json(run_echoctl(registry_var, "rollback", "--reason", "pager at 3am", "--json"))
     assert back == {**back, "from": "2", "to": "1", "moved": True}
@@ -218,9 +252,15 @@ def test_evaluate_logs_paired_metrics_to_the_challenger(registry_var: Path) -> N
     cfg = load_config(overrides={"var_dir": str(registry_var)}).config
     client = registry.client(cfg)
     mv = client.get_model_version(cfg.mlflow.registered_model, "2")
-    assert float(mv.tags["echo.eval.acceptance_gain"]) == 0.0 and mv.tags["echo.eval.sessions"] == "4"
-    assert float(mv.tags["echo.eval.retained_gain"]) == 0.0
     run = client.get_run(mv.run_id)
+    details = run.data.tags
+    assert float(details["echo.eval.acceptance_gain"]) == 0.0 and details["echo.eval.sessions"] == "4"
+    assert float(details["echo.eval.retained_gain"]) == 0.0
+    # the version keeps a few decisive, readable tags; the details are on the run
+    assert mv.tags["echo.acceptance_gain"] == "+0.00% [+0.00%, +0.00%]"
+    assert not [
+        k for k in mv.tags if k.startswith("echo.eval.") and k not in ("echo.eval.against", EVAL_DIGEST_TAG)
+    ]
     flat = summary_metrics(report)
     assert run.data.metrics["eval.challenger.acceptance_rate"] == pytest.approx(
         flat["challenger.acceptance_rate"]

@@ -164,6 +164,28 @@ def test_region_is_replayed_from_edits_when_no_settled_snapshot(spark) -> None:
     assert (row["final"], row["final_source"], row["outcome"]) == ("42", "replay", "rejected_rewritten")
 
 
+def test_a_session_without_edits_or_snapshots_keeps_its_reactions_but_no_final(spark) -> None:
+    """Clients that log only shown and accepted (Continue, Tabby) say nothing about the code kept:
+    the reaction is a label, the final is unknown, and nothing is replayed from an empty edit log."""
+    rows = [
+        shown(1, "a", "total = sum(items)"),
+        event(2, "completion_accepted", request_id="a", accepted_len=18),
+        shown(3, "b", "return None"),
+        event(4, "completion_rejected", request_id="b", reason="dismissed"),
+        shown(5, "c", "for line in lines:"),
+        event(6, "completion_accepted", request_id="c", accepted_len=9),  # a partial (line) accept
+        shown(7, "d", "pass"),  # shown, never acted on
+    ]
+    silver, _ = mine(frame(spark, rows))
+    got = {r["request_id"]: (r["outcome"], r["final"], r["final_source"]) for r in silver.collect()}
+    assert got == {
+        "a": ("accepted_unsettled", None, None),
+        "b": ("rejected_unsettled", None, None),
+        "c": ("partially_accepted", None, None),
+        "d": ("abandoned", None, None),
+    }
+
+
 def test_as_arrived_keeps_the_first_snapshot_a_naive_harvester_would(spark) -> None:
     """The naive-raw baseline's text is the first snapshot (mid-edit); Echo's is the settled one."""
     rows = [

@@ -481,13 +481,30 @@ class EchoConfig(BaseSettings):
         }
 
     def runtime_env(self) -> dict[str, str]:
-        """Environment every Echo subprocess (spark-submit, deepspeed) should inherit."""
+        """Environment every Echo subprocess (spark-submit, deepspeed, Airflow) should inherit."""
         return {
+            **QUIET_LIBRARIES,
             "ECHO_HOME": str(self.home),
             "SPARK_LOCAL_IP": self.spark.driver_host,
             "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(self.torch_extensions_dir)),
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
         }
+
+
+# Libraries' own download, loading and map bars are not Echo's progress (Echo prints its own
+# lines): in a log they are hundreds of carriage-return lines. Off in every Echo process.
+QUIET_LIBRARIES = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+}
+
+
+def quiet_libraries() -> None:
+    """Switch third-party progress bars off in this process (what the user set wins)."""
+    for key, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(key, value)
 
 
 # --------------------------------------------------------------------------- loading

@@ -70,13 +70,13 @@ def register_run_model(
     mlflow_client = client(cfg)
     name = cfg.mlflow.registered_model
     try:
-        mlflow_client.get_registered_model(name)
+        model = mlflow_client.get_registered_model(name)
+        if "<name>" in (model.description or ""):  # stores made before the description rendered
+            mlflow_client.update_registered_model(name, description=model_description(name))
     except MlflowException as exc:
         if not is_not_found(exc):
             raise
-        mlflow_client.create_registered_model(
-            name, description="Echo's coding agent; serve models:/<name>@champion"
-        )
+        mlflow_client.create_registered_model(name, description=model_description(name))
     run = mlflow_client.get_run(run_id)
     source = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
     version = mlflow_client.create_model_version(
@@ -85,6 +85,15 @@ def register_run_model(
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version.version)
     return mlflow_client.get_model_version(name, version.version)
+
+
+def model_description(name: str) -> str:
+    """The registered model's description (Markdown in the UI: no ``<...>``, it would be read as
+    HTML)."""
+    return (
+        f"Echo's coding agent. Serving loads `models:/{name}@champion`; `@challenger` is the version "
+        "the gate judges next. Each version's description starts with its gate verdict."
+    )
 
 
 def model_uri(cfg: EchoConfig, alias: str = CHAMPION) -> str:

@@ -13,6 +13,13 @@ from typing import Any
 RESAMPLES = 2000
 
 
+def signed(value: float, fmt: str) -> str:
+    """``value`` with its sign, formatted (``".2%"``, ``".3f"``); never "-0.000" for what rounds
+    to zero."""
+    text = format(value, "+" + fmt)
+    return format(0.0, "+" + fmt) if float(text.rstrip("%")) == 0 else text
+
+
 def ratio(num: Sequence[float], den: Sequence[float]) -> float:
     total = float(sum(den))
     return float(sum(num)) / total if total else 0.0

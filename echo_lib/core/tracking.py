@@ -18,13 +18,25 @@ def configure_mlflow(cfg: EchoConfig) -> str:
     return ensure_experiment(cfg, cfg.mlflow.experiment)
 
 
+# MLflow's UI opens an experiment in its GenAI (traces) view unless the experiment says it holds
+# model-training runs; the tag name and value are MLflow's own (ExperimentKind in its UI)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(cfg: EchoConfig, name: str) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=cfg.mlflow_tracking_uri, registry_uri=cfg.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     root = cfg.mlflow_artifact_location
     # with a server and no explicit root, the server decides where artifacts go
-    return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}" if root else None)
+    return client.create_experiment(
+        name,
+        artifact_location=f"{root.rstrip('/')}/{name}" if root else None,
+        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+    )

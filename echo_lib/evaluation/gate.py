@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from echo_lib.core.config import EchoConfig, PromotionSettings
+from echo_lib.core.stats import signed
 
 
 class GateError(RuntimeError):
@@ -21,11 +22,22 @@ class GateError(RuntimeError):
 @dataclass
 class Verdict:
     passed: bool
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # every check, passed or not, in order
+    failed: list[str] = field(default_factory=list)  # the checks that failed (a subset of reasons)
 
     @property
     def label(self) -> str:
         return "pass" if self.passed else "fail"
+
+    def summary(self) -> str:
+        """Verdict first, then only what failed: what a registry reader needs at a glance."""
+        if self.passed:
+            return f"PASS: all {len(self.reasons)} checks passed"
+        return "FAIL: " + "; ".join(self.failed or self.reasons)
+
+
+def failing(reason: str) -> Verdict:
+    return Verdict(False, [reason], [reason])
 
 
 def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
@@ -41,31 +53,34 @@ def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
     )
     missing = [k for k in needed if k not in metrics]
     if missing:
-        return Verdict(False, [f"not evaluated (missing {', '.join(missing)}): run `echoctl evaluate`"])
-    reasons, ok = [], True
+        return failing(f"not evaluated (missing {', '.join(missing)}): run `echoctl evaluate`")
+    reasons, failed = [], []
+
+    def check(ok: bool, passed: str, fails: str) -> None:
+        reasons.append(passed if ok else fails)
+        if not ok:
+            failed.append(fails)
+
     gain, low = metrics["acceptance_gain"], metrics["acceptance_gain_ci_low"]
-    if gain > rules.min_acceptance_gain:
-        reasons.append(f"acceptance gain {gain:+.2%} > {rules.min_acceptance_gain:+.2%}")
-    else:
-        ok = False
-        reasons.append(f"acceptance gain {gain:+.2%} is not above {rules.min_acceptance_gain:+.2%}")
+    floor = signed(rules.min_acceptance_gain, ".2%")
+    check(
+        gain > rules.min_acceptance_gain,
+        f"acceptance gain {signed(gain, '.2%')} > {floor}",
+        f"acceptance gain {signed(gain, '.2%')} is not above {floor}",
+    )
     if rules.require_ci_above_zero:
-        if low > 0:
-            reasons.append(f"95% CI lower bound {low:+.2%} > 0")
-        else:
-            ok = False
-            reasons.append(f"95% CI lower bound {low:+.2%} is not above 0")
+        check(
+            low > 0,
+            f"95% CI lower bound {signed(low, '.2%')} > 0",
+            f"95% CI lower bound {signed(low, '.2%')} is not above 0",
+        )
     retained = metrics["retained_gain_relative"]
-    if retained >= -rules.max_retained_regression:
-        reasons.append(
-            f"retained characters per request {retained:+.1%} (not below -{rules.max_retained_regression:.0%})"
-        )
-    else:
-        ok = False
-        reasons.append(
-            f"retained characters per request fell {retained:+.1%} (below -{rules.max_retained_regression:.0%}): "
-            "users would get less"
-        )
+    allowed = f"-{rules.max_retained_regression:.0%}"
+    check(
+        retained >= -rules.max_retained_regression,
+        f"retained characters per request {signed(retained, '.1%')} (not below {allowed})",
+        f"retained characters per request fell {signed(retained, '.1%')} (below {allowed}): users would get less",
+    )
     for label, key, limit in (
         ("edit similarity", "offline.edit_similarity", rules.max_similarity_regression),
         (
@@ -75,19 +90,27 @@ def decide(metrics: dict[str, float], rules: PromotionSettings) -> Verdict:
         ),
     ):
         drop = metrics[f"champion.{key}"] - metrics[f"challenger.{key}"]
-        if drop > limit:
-            ok = False
-            reasons.append(f"{label} regressed by {drop:.3f} (> {limit:.3f} allowed)")
-        else:
-            reasons.append(f"{label} change {-drop:+.3f} within -{limit:.3f}")
-    return Verdict(ok, reasons)
+        check(
+            drop <= limit,
+            f"{label} change {signed(-drop, '.3f')} within -{limit:.3f}",
+            f"{label} regressed by {drop:.3f} (> {limit:.3f} allowed)",
+        )
+    return Verdict(not failed, reasons, failed)
 
 
-def eval_metrics_of(mv) -> dict[str, float]:
-    """The evaluation summary stored on a model version's tags by ``echoctl evaluate``."""
+def without_gate(description: str | None) -> str:
+    """A version's description without the gate's paragraph (the gate rewrites it each time)."""
+    text = description or ""
+    if text.startswith("Gate: "):
+        text = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    return text.split("\n\nGate:")[0]  # where versions registered before 2026-12 had it
+
+
+def eval_metrics_of(tags: dict[str, str]) -> dict[str, float]:
+    """The evaluation summary ``echoctl evaluate`` stored as ``echo.eval.*`` tags on the run."""
     prefix = "echo.eval."
     out = {}
-    for key, value in mv.tags.items():
+    for key, value in tags.items():
         if key.startswith(prefix):
             try:
                 out[key[len(prefix) :]] = float(value)
@@ -123,6 +146,7 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
         EVAL_DIGEST_TAG,
         EvaluationError,
         evaluation_digest,
+        evaluation_tags,
         resolve_version,
     )
 
@@ -131,44 +155,42 @@ def promote(cfg: EchoConfig, *, version: str | None = None, dry_run: bool = Fals
     except EvaluationError as exc:
         raise GateError(str(exc)) from exc
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
-    metrics = eval_metrics_of(mv)
-    verdict = decide(metrics, cfg.promotion)
-    digest = evaluation_digest(mv.tags)
+    evaluation = evaluation_tags(cfg, mv)
+    verdict = decide(eval_metrics_of(evaluation), cfg.promotion)
+    digest = evaluation_digest(evaluation)
     if verdict.passed and mv.tags.get(EVAL_DIGEST_TAG) != digest:
-        verdict = Verdict(
-            False,
-            [
-                "the evaluation tags do not match the digest `echoctl evaluate` wrote "
-                f"({EVAL_DIGEST_TAG} {mv.tags.get(EVAL_DIGEST_TAG, 'missing')}, now {digest[:12]}...): "
-                "changed after the evaluation, re-evaluate"
-            ],
+        verdict = failing(
+            "the evaluation tags do not match the digest `echoctl evaluate` wrote "
+            f"({EVAL_DIGEST_TAG} {mv.tags.get(EVAL_DIGEST_TAG, 'missing')}, now {digest[:12]}...): "
+            "changed after the evaluation, re-evaluate"
         )
     if mv.tags.get("echo.control") == "true":
-        verdict = Verdict(False, ["an equal-compute control model is a baseline, never promoted"])
-    against = mv.tags.get("echo.eval.against")
+        verdict = failing("an equal-compute control model is a baseline, never promoted")
+    against = evaluation.get("echo.eval.against")
     stale = champion is not None and against is not None and against != str(champion.version)
     if verdict.passed and stale and str(champion.version) != str(mv.version):
-        verdict = Verdict(
-            False, [f"evaluated against v{against} but the champion is now v{champion.version}: re-evaluate"]
+        verdict = failing(
+            f"evaluated against v{against} but the champion is now v{champion.version}: re-evaluate"
         )
     enabled = cfg.promotion.enabled and not dry_run
     client, name = registry.client(cfg), cfg.mlflow.registered_model
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    # the version shows the verdict and what failed; the run keeps every check and what was read
     client.set_model_version_tag(name, str(mv.version), "echo.gate.verdict", verdict.label)
-    client.set_model_version_tag(
-        name, str(mv.version), "echo.gate.reasons", "; ".join(verdict.reasons)[:4900]
-    )
-    client.set_model_version_tag(name, str(mv.version), "echo.gate.checked_at", stamp)
-    # what the verdict was read from: the evaluation's run and the digest of its tags
-    client.set_model_version_tag(name, str(mv.version), "echo.gate.eval_run_id", str(mv.run_id))
-    client.set_model_version_tag(name, str(mv.version), "echo.gate.eval_sha256", digest)
+    client.set_model_version_tag(name, str(mv.version), "echo.gate.reasons", verdict.summary()[:4900])
+    if mv.run_id:
+        for key, value in {
+            "echo.gate.verdict": verdict.label,
+            "echo.gate.checks": "; ".join(verdict.reasons)[:4900],
+            "echo.gate.checked_at": stamp,
+            "echo.gate.eval_sha256": digest,
+        }.items():
+            client.set_tag(mv.run_id, key, value)
     mode = "enabled" if enabled else "dry-run"
-    description = (mv.description or "").split("\n\nGate:")[0]
     client.update_model_version(
         name,
         str(mv.version),
-        description=f"{description}\n\nGate: {verdict.label.upper()} ({mode}, {stamp}): "
-        + "; ".join(verdict.reasons),
+        description=f"Gate: {verdict.summary()} ({mode}, {stamp}).\n\n{without_gate(mv.description)}",
     )
     outcome = {
         "version": str(mv.version),

@@ -12,9 +12,9 @@
 * **Forgetting**: next-line exact match on the *reserved* slice of public code, which no model
   ever trains on (corpus split ``reserved``).
 
-The results are logged to the challenger's MLflow run (metrics, ``evaluation/report.md``, a plot,
-``evaluation/metrics.json``) and summarised as tags on its model version, where the gate reads
-them.
+The results are logged to the challenger's MLflow run (metrics, ``echo.eval.*`` tags the gate
+reads, ``evaluation/report.md``, a plot, ``evaluation/metrics.json``); its model version gets only
+the decisive ones (against which champion, the acceptance gain with its CI, the tags' digest).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from echo_lib.core.config import EchoConfig
+from echo_lib.core.stats import signed
 
 EVAL_ARTIFACT_DIR = "evaluation"
 
@@ -377,13 +378,36 @@ def _log_evaluation(cfg: EchoConfig, mv, report: dict[str, Any]) -> None:
         (folder / "report.md").write_text(render_report(report))
         _plot(report, folder / "acceptance.png")
         client.log_artifacts(mv.run_id, str(folder), EVAL_ARTIFACT_DIR)
+    # the details go on the evaluation's run; the version keeps what a reader decides on
     tags = {f"echo.eval.{k}": f"{v:.6f}" for k, v in flat.items()}
     tags["echo.eval.against"] = report["champion_version"]
     tags["echo.eval.sessions"] = str(report["sessions"])
     tags["echo.eval.seed"] = str(report["seed"])
-    tags[EVAL_DIGEST_TAG] = evaluation_digest(tags)
+    digest = evaluation_digest(tags)
     for key, value in tags.items():
+        client.set_tag(mv.run_id, key, value)
+    client.set_tag(mv.run_id, EVAL_DIGEST_TAG, digest)
+    gain = report["gains"]["acceptance"]
+    decisive = {
+        "echo.eval.against": report["champion_version"],
+        "echo.acceptance_gain": (
+            f"{signed(gain['value'], '.2%')} [{signed(gain['ci_low'], '.2%')}, {signed(gain['ci_high'], '.2%')}]"
+        ),
+        EVAL_DIGEST_TAG: digest,
+    }
+    for key, value in decisive.items():
         client.set_model_version_tag(name, str(mv.version), key, value)
+
+
+def evaluation_tags(cfg: EchoConfig, mv) -> dict[str, str]:
+    """The ``echo.eval.*`` tags ``echo evaluate`` wrote on the version's run (empty if never
+    evaluated)."""
+    from echo_lib.core import registry
+
+    if not mv.run_id:
+        return {}
+    tags = registry.client(cfg).get_run(mv.run_id).data.tags
+    return {k: v for k, v in tags.items() if k.startswith(EVAL_TAG_PREFIX)}
 
 
 EVAL_TAG_PREFIX = "echo.eval."

@@ -31,6 +31,10 @@ OUTCOMES = (
     "rejected_rewritten",
     "rejected_nothing_kept",
     "abandoned",
+    # the reaction is known but not what the user kept: no snapshot, and the session logs no edits
+    # to replay (clients that record only shown/accepted, e.g. Continue and Tabby imports)
+    "accepted_unsettled",
+    "rejected_unsettled",
 )
 SESSION_KEY = ["session_id", "request_id"]
 
@@ -137,14 +141,15 @@ def classify(linked: DataFrame) -> DataFrame:
 
     proposal_len = F.length("proposal")
     final = F.col("final")
+    accepted = F.col("reaction") == "accepted"
     outcome = (
         F.when(F.col("reaction").isNull(), "abandoned")
-        .when(
-            (F.col("reaction") == "accepted") & (F.col("accepted_len") < proposal_len), "partially_accepted"
-        )
-        .when((F.col("reaction") == "accepted") & (final == F.col("proposal")), "accepted_unchanged")
-        .when(F.col("reaction") == "accepted", "accepted_then_edited")
-        .when(F.length(F.coalesce(final, F.lit(""))) > 0, "rejected_rewritten")
+        .when(accepted & (F.col("accepted_len") < proposal_len), "partially_accepted")
+        .when(accepted & final.isNull(), "accepted_unsettled")
+        .when(accepted & (final == F.col("proposal")), "accepted_unchanged")
+        .when(accepted, "accepted_then_edited")
+        .when(final.isNull(), "rejected_unsettled")
+        .when(F.length(final) > 0, "rejected_rewritten")
         .otherwise("rejected_nothing_kept")
     )
     distance = F.levenshtein("proposal", final)
@@ -199,11 +204,18 @@ def replay_regions(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_finals(events: DataFrame, linked: DataFrame) -> DataFrame:
-    """``final`` = settled snapshot, else the replayed region; ``final_source`` says which."""
+    """``final`` = settled snapshot, else the replayed region; ``final_source`` says which.
+
+    Only sessions that log their edits are replayed: with no ``doc_change`` at all (a client that
+    records only what it showed and what was accepted) a replay would invent an untouched document,
+    so ``final`` stays null and the outcome says the code the user kept is unknown."""
     from pyspark.sql import functions as F
 
-    missing = linked.where(F.col("snapshot_text").isNull()).select(
-        *SESSION_KEY, F.lit(True).alias("needs_replay")
+    logs_edits = events.where(F.col("event_type") == "doc_change").select("session_id").distinct()
+    missing = (
+        linked.where(F.col("snapshot_text").isNull())
+        .join(logs_edits, "session_id")
+        .select(*SESSION_KEY, F.lit(True).alias("needs_replay"))
     )
     sessions = missing.select("session_id").distinct()
     replay_input = (

@@ -70,13 +70,14 @@ def round_row(cfg, day: str) -> dict:
     """What one round did, read back from the lake and the registry (nothing assumed)."""
     from echo_lib.core import registry
     from echo_lib.core.lake import read_manifest
+    from echo_lib.evaluation.heldout import evaluation_tags
 
     gold = read_manifest(cfg.lake_uri, day)
     bronze = Path(cfg.lake_uri) / "bronze" / "events" / f"dt={day}" / "_manifest.json"
     events = json.loads(bronze.read_text())["lines_read"] if bronze.is_file() else None
     champion = registry.version_by_alias(cfg, registry.CHAMPION)
     challenger = registry.version_by_alias(cfg, registry.CHALLENGER)
-    tags = challenger.tags if challenger else {}
+    tags = {**challenger.tags, **evaluation_tags(cfg, challenger)} if challenger else {}
     row = {
         "date": day,
         "events": events,
@@ -158,29 +159,27 @@ def round_cells(rows: list[dict]) -> list[list[str]]:
 
 
 def print_rounds(rows: list[dict]) -> None:
-    """A table on a terminal; in a log (not a TTY) a markdown table, one line per row, never cut."""
+    """A table on a terminal; in a log (not a TTY) one block per round, never cut."""
     from rich.table import Table
 
-    title = "Echo, round by round (held-out world: 95% CIs over paired sessions)"
-    cells = round_cells(rows)
-    if not console.is_terminal:
-        lines = [title, "", "| " + " | ".join(ROUND_COLUMNS) + " |", "|" + " --- |" * len(ROUND_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in cells]
-        console.print("\n".join(lines), soft_wrap=True, highlight=False, markup=False)
-        return
-    table = Table(title=title, title_justify="left")
+    from echo_lib.ops.tables import print_table
+
+    table = Table(
+        title="Echo, round by round (held-out world: 95% CIs over paired sessions)", title_justify="left"
+    )
     for column in ROUND_COLUMNS:
         table.add_column(column)
-    for row in cells:
+    for row in round_cells(rows):
         table.add_row(*row)
-    console.print(table)
+    print_table(console, table)
 
 
 def main() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from echo_lib.core.config import load_config
+    from echo_lib.core.config import load_config, quiet_libraries
 
+    quiet_libraries()  # the demo's own model loading shows no library bars either
     start = time.perf_counter()
     first = datetime.now(UTC).date() - timedelta(days=ROUNDS - 1)
     days = [(first + timedelta(days=k)).isoformat() for k in range(ROUNDS)]

@@ -794,7 +794,7 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=N
             if plan.control
             else f"{plan.objective} from v{plan.parent_version} on "
             + (f"the {plan.baseline} baseline's data" if plan.baseline else "gold")
-            + f" {plan.dates[0]}..{plan.dates[-1]} ({rows:,} rows incl. replay); challenger until the gate runs."
+            + f" {plan.dates[0]}..{plan.dates[-1]} ({rows:,} rows incl. replay)."
         ),
         alias=BASELINES[plan.baseline or "public"][0] if plan.control else registry.CHALLENGER,
     )

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from echo_lib.core.config import ConfigError, load_config, parse_overrides
+from echo_lib.core.config import ConfigError, load_config, parse_overrides, quiet_libraries
 from echo_lib.ops.cli import data, experiment, judge, model, stack
 from echo_lib.ops.cli.common import fail
 
@@ -39,12 +39,9 @@ def main(
     ] = None,
 ) -> None:
     import logging
-    import os
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep command output to its summary
-    # libraries' download and weight-loading bars are not Echo's progress: keep them out
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    quiet_libraries()
     try:
         ctx.obj = load_config(config, parse_overrides(set_ or []))
     except ConfigError as exc:

@@ -22,6 +22,7 @@ from echo_lib.ops.cli.common import (
     run_world,
     say_dim,
 )
+from echo_lib.ops.tables import print_table
 
 
 def simulate(
@@ -111,7 +112,7 @@ def acceptance(
     for trigger, c in sorted(s["by_trigger"].items()):
         rate = c["accepted"] / c["shown"] if c["shown"] else 0.0
         table.add_row(f"{trigger}: shown / accepted", f"{c['shown']} / {c['accepted']} ({rate:.1%})")
-    console.print(table)
+    print_table(console, table)
 
 
 def _spark_job(cfg, job: str, args: list[str], *, log_name: str, doing: str) -> dict:
@@ -196,7 +197,7 @@ def build_dataset(
             )
         else:
             table.add_row(s["step"], "", "", "", f"{s['count']} values replaced")
-    console.print(table)
+    print_table(console, table)
     rows = ", ".join(f"{k} {v['rows']:,}" for k, v in m["datasets"].items())
     console.print(f"gold/{m['dt']}: {rows} (MLflow run {m.get('mlflow_run_id')})", highlight=False)
 

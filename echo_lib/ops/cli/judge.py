@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from echo_lib.ops.cli.common import JsonOpt, SplitOpt, console, failing, loaded, printed_json, say_dim
+from echo_lib.ops.tables import print_table
 
 SessionsOpt = Annotated[
     int | None, typer.Option(help="held-out world sessions (default: world.acceptance_sessions)")
@@ -140,4 +141,4 @@ def history(
         table.add_column(column)
     for e in entries:
         table.add_row(e["when"], e["action"], str(e["from"] or "-"), e["to"], e["who"], e["why"][:80])
-    console.print(table)
+    print_table(console, table)

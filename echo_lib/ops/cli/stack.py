@@ -20,6 +20,7 @@ from echo_lib.ops.cli.common import (
     printed_json,
     say_dim,
 )
+from echo_lib.ops.tables import print_table
 
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 airflow_app = typer.Typer(
@@ -40,7 +41,7 @@ def config_show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table.add_column("from", style="dim")
     for key, value, origin in items:
         table.add_row(key, json.dumps(value) if not isinstance(value, str) else value, origin)
-    console.print(table)
+    print_table(console, table)
     source = loaded(ctx).file
     console.print(f"config file: {source or 'none (embedded defaults)'}", highlight=False)
 
@@ -67,7 +68,7 @@ def doctor(
     table.add_column("detail", overflow="fold")
     for r in results:
         table.add_row(r.name, "[green]ok[/]" if r.ok else "[bold red]FAIL[/]", f"{r.seconds:.1f} s", r.detail)
-    console.print(table)
+    print_table(console, table)
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise fail(f"{len(failed)} check(s) failed: {', '.join(failed)}")
