@@ -108,3 +108,24 @@ def test_schedule_comes_from_config_and_world_dag_can_be_disabled(tmp_path: Path
     bag = parse(tmp_path, ECHO_AIRFLOW__NIGHTLY_CRON="30 4 * * *", ECHO_AIRFLOW__WORLD_DAG="false")
     assert sorted(bag["dags"]) == ["echo_nightly", "echo_train"]
     assert "30 4 * * *" in bag["dags"]["echo_nightly"]["schedule"]
+
+
+def test_raw_sensor_logs_which_partition_it_waits_for(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Airflow's own sensor log says only "Poking callable: <function ...>"; ours names the partition."""
+    import gzip
+
+    from echo_lib.ops import orchestration
+
+    lake = tmp_path / "lake"
+    cfg = load_config(overrides={"var_dir": str(tmp_path / "var"), "lake.uri": str(lake)}).config
+    monkeypatch.setattr(orchestration, "_config", lambda: cfg)
+    assert not orchestration.raw_ready("2026-01-05")
+    assert (
+        f"waiting for raw telemetry for 2026-01-05: no *.jsonl.gz file in {lake}/raw/events/dt=2026-01-05"
+        in (capsys.readouterr().out)
+    )
+    part = lake / "raw" / "events" / "dt=2026-01-05" / "part-0.jsonl.gz"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(gzip.compress(b"{}\n"))
+    assert orchestration.raw_ready("2026-01-05")
+    assert "raw telemetry for 2026-01-05: 1 *.jsonl.gz files" in capsys.readouterr().out

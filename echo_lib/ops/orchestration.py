@@ -82,9 +82,18 @@ def raw_ready(ds: str) -> bool:
 
     from echo_lib.core.lake import arrow_fs
 
-    fs, root = arrow_fs(_config().lake_uri)
+    lake = _config().lake_uri
+    fs, root = arrow_fs(lake)
     infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
-    return any(i.base_name.endswith(".jsonl.gz") for i in infos)
+    files = [i for i in infos if i.base_name.endswith(".jsonl.gz")]
+    where = f"{lake.rstrip('/')}/raw/events/dt={ds}"
+    if files:
+        print(
+            f"raw telemetry for {ds}: {len(files)} *.jsonl.gz files ({sum(i.size for i in files):,} bytes) in {where}"
+        )
+    else:
+        print(f"waiting for raw telemetry for {ds}: no *.jsonl.gz file in {where} yet")
+    return bool(files)
 
 
 #: task states after which a run of D-1 will not touch silver D-1 again
@@ -116,12 +125,31 @@ def gold_manifest(ds: str) -> dict[str, Any]:
     if ds not in gold_dates(lake):
         raise RuntimeError(f"no complete gold build for {ds} in {lake}")
     manifest = read_manifest(lake, ds)
-    return {
-        "dt": ds,
-        "manifest_sha256": manifest["sha256"],
-        "rows": {name: d["rows"] for name, d in manifest["datasets"].items()},
-        "funnel": manifest["funnel"],
-    }
+    rows = {name: d["rows"] for name, d in manifest["datasets"].items()}
+    print(f"gold {ds} in {lake}: " + ", ".join(f"{name} {n:,} rows" for name, n in rows.items()))
+    print(f"manifest sha256 {manifest['sha256']}; MLflow: {build_run_link(manifest['sha256'])}")
+    return {"dt": ds, "manifest_sha256": manifest["sha256"], "rows": rows, "funnel": manifest["funnel"]}
+
+
+def build_run_link(manifest_sha256: str) -> str:
+    """Where the build's MLflow run is (the UI's address when the store is a server)."""
+    from echo_lib.core import registry
+    from echo_lib.core.tracking import configure_mlflow
+
+    cfg = _config()
+    experiment_id = configure_mlflow(cfg)
+    runs = registry.client(cfg).search_runs(
+        [experiment_id], filter_string=f"tags.`echo.manifest_sha256` = '{manifest_sha256}'", max_results=1
+    )
+    if not runs:
+        return "no build run found"
+    path = f"#/experiments/{experiment_id}/runs/{runs[0].info.run_id}"
+    uri = cfg.mlflow_tracking_uri
+    return (
+        f"{uri.rstrip('/')}/{path}"
+        if uri.startswith("http")
+        else f"run {runs[0].info.run_id} ({path} in `make mlflow`)"
+    )
 
 
 def expire_raw_text(ds: str) -> dict[str, Any]:
