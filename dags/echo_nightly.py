@@ -3,6 +3,9 @@
 
 One run per logical date `D` (cron `airflow.nightly_cron`, default 02:00 UTC):
 
+0. **needs_build** (short-circuit): a *scheduled* run of a date whose gold is already built
+   from unchanged raw telemetry is skipped with a log line saying so (unpausing the DAG, which a
+   backfill needs, starts the latest slot at once); a manual run or a backfill always rebuilds;
 1. **wait_for_raw**: a reschedule-mode sensor until the collector has landed `raw/events/dt=D`
    (times out after `airflow.raw_wait_timeout_s`);
 2. **wait_for_previous_day**: until the run of D-1 (if any) has built its gold. That run's mine
@@ -36,6 +39,7 @@ from echo_lib.ops.orchestration import (
     dag_setting,
     expire_raw_text,
     gold_manifest,
+    nightly_needed,
     previous_day_built,
     raw_ready,
 )
@@ -62,6 +66,10 @@ def spark_job(task_id: str, job: str, args: list[str]) -> SparkSubmitOperator:
     tags=["echo", "data"],
 )
 def echo_nightly():
+    @task.short_circuit
+    def needs_build(ds=None, dag_run=None) -> bool:
+        return nightly_needed(ds, dag_run)
+
     @task.sensor(
         poke_interval=60,
         timeout=dag_setting("airflow.raw_wait_timeout_s"),
@@ -89,7 +97,8 @@ def echo_nightly():
     mine = spark_job("mine", "mine_refinements", ["--date", "{{ ds }}"])
     build = spark_job("build_dataset", "build_dataset", ["--from", PREVIOUS_DAY, "--to", "{{ ds }}"])
     (
-        wait_for_raw()
+        needs_build()
+        >> wait_for_raw()
         >> wait_for_previous_day()
         >> ingest
         >> remine

@@ -4,10 +4,11 @@ it, and the whole loop (world -> nightly -> train -> evaluate -> promote) with `
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import urllib.error
 import urllib.request
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -220,11 +221,22 @@ def test_the_whole_loop_as_dag_runs(bootstrapped: dict, tmp_path: Path) -> None:
     ]
     options = [x for kv in settings for x in ("--set", kv)]
     day = DAYS[0]
+    began = datetime.now(UTC)
     for dag_id in ("echo_world", "echo_nightly", "echo_train"):
         proc = run_echoctl(var, *options, "airflow", "dags-test", dag_id, day, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ended = datetime.now(UTC)
 
     cfg = load_config(overrides={"var_dir": str(var)}).config
+    # what the UI shows: each run at the scheduler's slot for the day, lasting as long as it ran
+    with sqlite3.connect(cfg.airflow_home / "airflow.db") as db:
+        runs = db.execute("SELECT dag_id, logical_date, start_date, end_date FROM dag_run").fetchall()
+    assert sorted(r[0] for r in runs) == ["echo_nightly", "echo_train", "echo_world"]
+    for dag_id, logical, start, end in runs:
+        if dag_id != "echo_train":  # echo_train is scheduled by the gold Asset, not by a date
+            assert logical.startswith(f"{day} 02:00:00"), (dag_id, logical)
+        start, end = (datetime.fromisoformat(t).replace(tzinfo=UTC) for t in (start, end))
+        assert began <= start < end <= ended, (dag_id, start, end)
     assert (Path(cfg.lake_uri) / "raw" / "events" / f"dt={day}").is_dir()
     challenger = registry.version_by_alias(cfg, registry.CHALLENGER)
     assert challenger is not None and challenger.tags["echo.parent"] == "1"

@@ -93,12 +93,14 @@ def test_wiring(bag: dict) -> None:
         "publish_gold",
     ]
     chain.append("expire_raw_text")
+    chain.insert(0, "needs_build")
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert nightly[upstream]["downstream"] == [downstream]
     assert (
         "echo_gold" in bag["dags"]["echo_train"]["schedule"]
         or "Asset" in bag["dags"]["echo_train"]["schedule"]
     )
+    assert bag["dags"]["echo_world"]["tasks"]["needs_simulation"]["downstream"] == ["simulate"]
     train = bag["dags"]["echo_train"]["tasks"]
     assert train["train"]["downstream"] == ["evaluate"] and train["evaluate"]["downstream"] == ["promote"]
     assert sorted(train["promote"]["downstream"]) == ["announce", "champion_changed"]
@@ -129,3 +131,96 @@ def test_raw_sensor_logs_which_partition_it_waits_for(tmp_path: Path, monkeypatc
     part.write_bytes(gzip.compress(b"{}\n"))
     assert orchestration.raw_ready("2026-01-05")
     assert "raw telemetry for 2026-01-05: 1 *.jsonl.gz files" in capsys.readouterr().out
+
+
+def test_a_scheduled_run_of_a_built_day_is_a_logged_no_op(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Unpausing a DAG (a backfill needs it) starts the latest cron slot at once: if that day's gold
+    is built from unchanged raw telemetry the run skips, saying so; a manual run or a backfill
+    (explicit requests) rebuilds, and so does a scheduled run once raw telemetry changed."""
+    import gzip
+    import json
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from echo_lib.ops import orchestration
+
+    lake = tmp_path / "lake"
+    cfg = load_config(overrides={"var_dir": str(tmp_path / "var"), "lake.uri": str(lake)}).config
+    monkeypatch.setattr(orchestration, "_config", lambda: cfg)
+    day, scheduled = "2026-01-05", SimpleNamespace(run_type="scheduled")
+    raw = lake / "raw" / "events" / f"dt={day}" / "part-00000.jsonl.gz"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(gzip.compress(b"{}\n"))
+
+    assert orchestration.nightly_needed(day, scheduled)
+    assert f"gold {day} is not built yet" in capsys.readouterr().out
+    assert not orchestration.world_needed(day, scheduled)
+    assert f"{day} is already simulated (1 parts" in capsys.readouterr().out
+
+    manifests = lake / "gold" / "_manifests" / f"dt={day}"
+    manifests.mkdir(parents=True)
+    (manifests / "_manifest.json").write_text(json.dumps({"dt": day, "dates": ["2026-01-04", day]}))
+    (manifests / "_SUCCESS").touch()
+    assert not orchestration.nightly_needed(day, scheduled)
+    assert f"gold {day} is already built" in capsys.readouterr().out
+    for kind in ("manual", "backfill"):
+        assert orchestration.nightly_needed(day, SimpleNamespace(run_type=kind))
+        assert orchestration.world_needed(day, SimpleNamespace(run_type=kind))
+        assert f"{kind} run for {day}: an explicit run" in capsys.readouterr().out
+
+    later = time.time() + 60
+    os.utime(raw, (later, later))  # the day's telemetry changed after the build
+    assert orchestration.nightly_needed(day, scheduled)
+    assert "raw telemetry changed since (1 files, e.g. dt=2026-01-05/part-00000.jsonl.gz)" in (
+        capsys.readouterr().out
+    )
+    assert orchestration.world_needed("2026-01-06", scheduled)
+
+
+def test_dags_test_runs_at_the_scheduled_slot_with_their_real_start(tmp_path: Path) -> None:
+    """``dags test`` of day D uses the logical date the scheduler gives D (so Airflow itself sees
+    the day as done), and its run's start_date, which Airflow 3.3.2 sets to the logical date, is
+    corrected to the run's real start (its run_after)."""
+    import sqlite3
+
+    from echo_lib.ops.airflow_services import record_real_start, scheduled_logical_date
+
+    cfg = load_config(overrides={"var_dir": str(tmp_path / "var")}).config
+    assert scheduled_logical_date(cfg, "2026-11-24") == "2026-11-24T02:00:00+00:00"
+    assert scheduled_logical_date(cfg, "2026-11-24T05:00:00+00:00") == "2026-11-24T05:00:00+00:00"
+    weekly = load_config(overrides={"var_dir": str(tmp_path / "var"), "airflow.nightly_cron": "0 3 * * 1"})
+    assert scheduled_logical_date(weekly.config, "2026-11-24") == "2026-11-24T00:00:00+00:00"  # a Tuesday
+
+    cfg.airflow_home.mkdir(parents=True)
+    db = sqlite3.connect(cfg.airflow_home / "airflow.db")
+    db.execute(
+        "CREATE TABLE dag_run (dag_id TEXT, run_id TEXT, triggered_by TEXT, logical_date TIMESTAMP,"
+        " run_after TIMESTAMP, start_date TIMESTAMP, end_date TIMESTAMP)"
+    )
+    rows = [  # as Airflow 3.3.2 writes them: dags test, then a scheduled run
+        (
+            "echo_nightly",
+            "manual__a",
+            "TEST",
+            "2026-11-24 02:00:00.000000",
+            "2026-12-01 03:52:10.046270",
+            "2026-11-24 02:00:00.000000",
+            "2026-12-01 03:52:15.113776",
+        ),
+        (
+            "echo_nightly",
+            "scheduled__b",
+            "TIMETABLE",
+            "2026-11-25 02:00:00.000000",
+            "2026-11-25 02:00:00.000000",
+            "2026-11-25 02:00:00.000000",
+            "2026-11-25 02:01:00.000000",
+        ),
+    ]
+    db.executemany("INSERT INTO dag_run VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    assert record_real_start(cfg, "echo_nightly") == 1
+    assert record_real_start(cfg, "echo_nightly") == 0
+    starts = dict(db.execute("SELECT run_id, start_date FROM dag_run"))
+    assert starts == {"manual__a": "2026-12-01 03:52:10.046270", "scheduled__b": "2026-11-25 02:00:00.000000"}

@@ -89,11 +89,19 @@ EVENT_FIELDS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec(
             "confidence",
             "float",
-            "model confidence in [0, 1] (shown only above the threshold)",
+            "model confidence in [0, 1] (shown only above the threshold); absent when the client "
+            "does not report one (logs imported from Continue or Tabby)",
+            required=False,
             minimum=0,
             maximum=1,
         ),
-        FieldSpec("latency_ms", "int", "request-to-render latency", minimum=0),
+        FieldSpec(
+            "latency_ms",
+            "int",
+            "request-to-render latency; absent when the client does not log it (Tabby)",
+            required=False,
+            minimum=0,
+        ),
         FieldSpec(
             "trigger", "string", "where the request fired", required=False, enum=("line_start", "mid_line")
         ),

@@ -31,6 +31,8 @@ that fixes it), never a new ``sft`` beside an old ``preference``.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import socket
@@ -331,6 +333,16 @@ def vouched_gold_partition(lake: str, table: str, dt: str) -> str:
             f"{str(found)[:12]}, manifest {vouched[:12]}): a build of {dt} did not finish; {rebuild}"
         )
     return path
+
+
+def gzip_lines(lines: list[str]) -> bytes:
+    """Lines as one reproducible gzip member (no timestamp in the header): a raw file's bytes."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz:
+        for line in lines:
+            gz.write(line.encode("utf-8"))
+            gz.write(b"\n")
+    return buffer.getvalue()
 
 
 def write_bytes_atomic(lake: str, relative: str, data: bytes) -> str:

@@ -19,6 +19,7 @@ RAW_TEXT_TABLES = (
     "quarantine/events",
     "silver/refinements",
     "quarantine/orphans",
+    "quarantine/imports",  # source lines of other clients' logs that did not map
 )
 
 

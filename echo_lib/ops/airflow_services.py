@@ -161,20 +161,65 @@ def token(cfg: EchoConfig) -> str:
         return json.loads(response.read())["access_token"]
 
 
+def scheduled_logical_date(cfg: EchoConfig, day: str) -> str:
+    """The logical date the scheduler (and a backfill) gives day ``D``'s run: the first
+    ``airflow.nightly_cron`` time on D, in UTC (``2026-11-24T02:00:00+00:00`` by default). A
+    ``dags test`` of D at that date is then the very run Airflow would have made, so unpausing the
+    DAG does not start D's scheduled run again ("run already exists; skipping") and a backfill
+    with reprocess behaviour "none" leaves D alone. A full timestamp is passed through."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from croniter import croniter  # Airflow's own cron library (CronTriggerTimetable)
+
+    if "T" in day:
+        return day
+    midnight = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+    first = croniter(cfg.airflow.nightly_cron, midnight - timedelta(microseconds=1)).get_next(datetime)
+    return first.isoformat() if first.date() == midnight.date() else midnight.isoformat()
+
+
+def record_real_start(cfg: EchoConfig, dag_id: str) -> int:
+    """Give ``dags test`` runs of ``dag_id`` their real start; return how many rows changed.
+
+    Airflow 3.3.2's ``DAG.test`` creates its run with ``start_date=logical_date``
+    (``airflow/sdk/definitions/dag.py``, ``get_or_create_dagrun(start_date=logical_date or
+    run_after)``; apache/airflow#66127): a run of a past day then lasts days in the UI (duration is
+    ``end_date - start_date``) and squashes the grid's bars of real runs. ``run_after`` is the wall
+    clock ``DAG.test`` read when it created the run, already RUNNING, so it is the run's real start
+    (what the upstream fix records). Only runs it made (``triggered_by='TEST'``) whose start is
+    still their logical date are touched."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(cfg.airflow_sql_alchemy_conn)
+    try:
+        with engine.begin() as conn:
+            return conn.execute(
+                sa.text(
+                    "UPDATE dag_run SET start_date = run_after WHERE dag_id = :dag_id"
+                    " AND triggered_by = 'TEST' AND start_date = logical_date"
+                ),
+                {"dag_id": dag_id},
+            ).rowcount
+    finally:
+        engine.dispose()
+
+
 def dags_test(cfg: EchoConfig, dag_id: str, logical_date: str, *, log: Path) -> None:
-    """``airflow dags test``: one real DAG run in-process, recorded in the metadata DB."""
+    """``airflow dags test``: one real DAG run in-process, recorded in the metadata DB at the
+    logical date the scheduler gives that day, with its real start time."""
     env = environment(cfg)
     migrate(cfg, env)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         proc = subprocess.run(
-            [airflow_bin(), "dags", "test", dag_id, logical_date],
+            [airflow_bin(), "dags", "test", dag_id, scheduled_logical_date(cfg, logical_date)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
             cwd=cfg.airflow_home,
         )
+    record_real_start(cfg, dag_id)
     text = log.read_text(errors="replace")
     finished = [ln for ln in text.splitlines() if "DagRun Finished:" in ln]
     if proc.returncode != 0 or not finished or "state=success" not in finished[-1]:

@@ -76,6 +76,51 @@ DAG_KWARGS: dict[str, Any] = {
 # ---- echo_nightly ---------------------------------------------------------------------------------
 
 
+def _run_type(dag_run: Any) -> str:
+    kind = getattr(dag_run, "run_type", "")
+    return str(getattr(kind, "value", kind))
+
+
+def nightly_needed(ds: str, dag_run: Any) -> bool:
+    """Short-circuit body, echo_nightly's first task: False (skip the run) only for a *scheduled*
+    run of a date whose gold is complete and whose raw telemetry (the build's dates) has not
+    changed since that build. Unpausing a DAG (which a backfill needs) makes the scheduler start
+    the latest cron slot at once (catchup=False), often a day already built; a manual run or a
+    backfill is an explicit request and always (re)builds."""
+    import pyarrow.fs as pafs
+
+    from echo_lib.core.lake import arrow_fs, gold_dates, read_manifest
+
+    kind = _run_type(dag_run)
+    if kind != "scheduled":
+        print(f"{kind} run for {ds}: an explicit run, building gold {ds}")
+        return True
+    lake = _config().lake_uri
+    if ds not in gold_dates(lake):
+        print(f"gold {ds} is not built yet: building it")
+        return True
+    fs, root = arrow_fs(lake)
+    built = fs.get_file_info(f"{root}/gold/_manifests/dt={ds}/_SUCCESS").mtime
+    changed = [
+        f"dt={day}/{info.base_name}"
+        for day in read_manifest(lake, ds).get("dates", [ds])
+        for info in fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={day}", allow_not_found=True))
+        if info.base_name.endswith(".jsonl.gz") and info.mtime and info.mtime > built
+    ]
+    if changed:
+        print(
+            f"gold {ds} was built at {built:%Y-%m-%d %H:%M:%S} UTC but raw telemetry changed since "
+            f"({len(changed)} files, e.g. {changed[0]}): rebuilding"
+        )
+        return True
+    print(
+        f"gold {ds} is already built (at {built:%Y-%m-%d %H:%M:%S} UTC) from the raw telemetry now in "
+        f"{lake.rstrip('/')}/raw/events: skipping this scheduled run. To rebuild {ds}, trigger "
+        f"echo_nightly for it or backfill it with reprocess behaviour 'completed' (All Runs)"
+    )
+    return False
+
+
 def raw_ready(ds: str) -> bool:
     """Sensor body: has the collector landed any telemetry for ``ds``?"""
     import pyarrow.fs as pafs
@@ -165,6 +210,33 @@ def expire_raw_text(ds: str) -> dict[str, Any]:
 
 
 # ---- echo_world -----------------------------------------------------------------------------------
+
+
+def world_needed(ds: str, dag_run: Any) -> bool:
+    """Short-circuit body, echo_world's first task: False (skip the run) only for a *scheduled*
+    run of a day whose telemetry is already simulated. A re-simulation would replace the day's raw
+    parts with traffic from today's @champion (and so change a day already built into gold); a
+    manual run or a backfill is an explicit request and always simulates."""
+    import pyarrow.fs as pafs
+
+    from echo_lib.core.lake import arrow_fs
+
+    kind = _run_type(dag_run)
+    if kind != "scheduled":
+        print(f"{kind} run for {ds}: an explicit run, simulating {ds}")
+        return True
+    lake = _config().lake_uri
+    fs, root = arrow_fs(lake)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
+    parts = [i for i in infos if i.base_name.startswith("part-0") and i.base_name.endswith(".jsonl.gz")]
+    if not parts:
+        print(f"{ds} is not simulated yet: simulating it")
+        return True
+    print(
+        f"{ds} is already simulated ({len(parts)} parts in {lake.rstrip('/')}/raw/events/dt={ds}): "
+        f"skipping this scheduled run. To re-simulate it, trigger echo_world for {ds}"
+    )
+    return False
 
 
 def simulate(ds: str) -> dict[str, Any]:

@@ -13,8 +13,6 @@ Same inputs and seed give byte-identical files (gzip mtime is fixed at 0).
 
 from __future__ import annotations
 
-import gzip
-import io
 import random
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -64,15 +62,6 @@ def arrivals(
     return [(arrival, event, late) for arrival, _, event, late in delivered]
 
 
-def _gzip_lines(lines: list[str]) -> bytes:
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz:
-        for line in lines:
-            gz.write(line.encode("utf-8"))
-            gz.write(b"\n")
-    return buffer.getvalue()
-
-
 def partition(day: date) -> str:
     """The raw partition of ``day``, relative to the lake."""
     return f"raw/events/dt={day.isoformat()}"
@@ -98,12 +87,14 @@ def write_day(
     for index in range(0, max(len(on_time), 1), LINES_PER_PART):
         name = f"{target}/part-{index // LINES_PER_PART:05d}.jsonl.gz"
         files.append(
-            lake_io.write_bytes_atomic(lake, name, _gzip_lines(on_time[index : index + LINES_PER_PART]))
+            lake_io.write_bytes_atomic(
+                lake, name, lake_io.gzip_lines(on_time[index : index + LINES_PER_PART])
+            )
         )
     late_name = f"part-late-{day.isoformat()}.jsonl.gz"
     next_day = partition(day + timedelta(days=1))
     if late:
-        files.append(lake_io.write_bytes_atomic(lake, f"{next_day}/{late_name}", _gzip_lines(late)))
+        files.append(lake_io.write_bytes_atomic(lake, f"{next_day}/{late_name}", lake_io.gzip_lines(late)))
     else:
         lake_io.delete_matching(lake, next_day, late_name)
     return {

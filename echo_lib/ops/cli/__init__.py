@@ -70,6 +70,7 @@ for name, command in (
     ("flywheel", experiment.flywheel),
 ):
     app.command(name)(command)
+app.add_typer(data.import_app, name="import")
 app.add_typer(stack.config_app, name="config")
 app.add_typer(stack.airflow_app, name="airflow")
 app.add_typer(stack.cluster_app, name="cluster")

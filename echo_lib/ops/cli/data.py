@@ -1,8 +1,10 @@
-"""The data half of the loop: the world (``simulate``, ``acceptance``) and mining on Spark
-(``ingest``, ``mine``, ``build-dataset``, each a spark-submit on ``spark.master``)."""
+"""The data half of the loop: the world (``simulate``, ``acceptance``), other assistants' logs
+(``import continue|tabby``) and mining on Spark (``ingest``, ``mine``, ``build-dataset``, each a
+spark-submit on ``spark.master``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -129,6 +131,44 @@ def _day_job(ctx: typer.Context, date: str, job: str, log: str, doing: str) -> t
     return day, _spark_job(
         loaded(ctx).config, job, ["--date", day], log_name=f"{log}-{day}", doing=f"{doing} {day}"
     )
+
+
+import_app = typer.Typer(
+    help="Land another assistant's completion log as raw telemetry (then ingest and mine its dates).",
+    no_args_is_help=True,
+)
+LogPath = Annotated[Path, typer.Argument(help="the log file, or the folder that holds the client's logs")]
+
+
+def _import(ctx: typer.Context, fmt: str, path: Path, as_json: bool) -> None:
+    from echo_lib.mining.client_logs import ClientLogError, import_logs
+
+    with failing(f"import {fmt}", ClientLogError, OSError):
+        r = import_logs(loaded(ctx).config.lake_uri, fmt, path)
+    if printed_json(as_json, r):
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in r["quarantine_reasons"].items()) or "none"
+    reactions = ", ".join(f"{k} {v}" for k, v in r["reactions"].items())
+    console.print(
+        f"{fmt}: {len(r['files'])} files, {r['lines']:,} lines = {r['mapped_lines']:,} mapped + "
+        f"{r['quarantined']:,} quarantined ({reasons}) -> {r['shown']:,} shown proposals ({reactions}), "
+        f"{r['events']:,} events in {r['sessions']:,} sessions",
+        highlight=False,
+    )
+    for day in r["dates"]:
+        console.print(f"next: echoctl ingest --date {day} && echoctl mine --date {day}", highlight=False)
+
+
+@import_app.command("continue")
+def import_continue(ctx: typer.Context, path: LogPath, as_json: JsonOpt = False) -> None:
+    """Continue's autocomplete dev data (~/.continue/dev_data/<schema>/autocomplete.jsonl)."""
+    _import(ctx, "continue", path, as_json)
+
+
+@import_app.command("tabby")
+def import_tabby(ctx: typer.Context, path: LogPath, as_json: JsonOpt = False) -> None:
+    """Tabby's event log (~/.tabby/events/YYYY-MM-DD.json)."""
+    _import(ctx, "tabby", path, as_json)
 
 
 def ingest(
