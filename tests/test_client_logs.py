@@ -43,6 +43,10 @@ def test_helpers_keep_personal_paths_out_and_read_remotes() -> None:
         doc_of("file:///home/alice/src/invoices/invoices/models.py", "acme/invoices") == "invoices/models.py"
     )
     assert doc_of("file:///home/alice/scratch/notes.py", "unknown") == "notes.py"  # no home folder
+    remote = "vscode-remote://ssh-remote%2Bbox/home/alice/src/invoices/invoices/tax.py"
+    assert doc_of(remote, "acme/invoices") == "invoices/tax.py"  # no host either
+    assert doc_of("C:\\Users\\alice\\invoices\\invoices\\models.py", "acme/invoices") == "invoices/models.py"
+    assert doc_of("file:///c%3A/Users/bob/notes.py", "unknown") == "notes.py"
     assert doc_of("invoices/tax.py", "acme/invoices") == "invoices/tax.py"  # Tabby's, already relative
     # a partial ("line") accept is always shorter than the choice
     assert partial_accept_len("for item in items:\n    total += item") == len("for item in items:")
@@ -92,6 +96,36 @@ def test_tabby_fixture_maps_views_selects_and_dismissals(tmp_path: Path) -> None
     assert {e["repo_id"] for e in events} == {"acme/invoices"} and all(
         validate_event(e) is None for e in events
     )
+
+
+def test_edge_cases_of_the_writers_map_to_one_proposal_each(tmp_path: Path) -> None:
+    """Continue logs accepted:false from its 10 s timer and then accepted:true for the same
+    completionId when the user accepts late; Tabby may show a choice again after a dismissal.
+    Odd values are quarantined, never crash the import."""
+    base = json.loads((FIXTURES / "continue" / "0.2.0" / "autocomplete.jsonl").read_text().splitlines()[0])
+    late = {**base, "accepted": False, "timestamp": "2026-01-05T09:02:21.387Z"}
+    accept = {**base, "accepted": True, "timestamp": "2026-01-05T09:02:25.000Z"}
+    huge = {**base, "completionId": "other", "timestamp": 1e20}
+    (tmp_path / "continue").mkdir()
+    (tmp_path / "continue" / "autocomplete.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in (late, accept, huge)) + "\n"
+    )
+    r = import_logs(str(tmp_path / "lake"), "continue", tmp_path / "continue")
+    assert (r["lines"], r["mapped_lines"], r["quarantine_reasons"]) == (3, 2, {"wrong_type": 1})
+    assert r["shown"] == 1 and r["reactions"] == {"accepted": 1, "rejected": 0, "none": 0}
+
+    lines = (FIXTURES / "tabby" / "events" / "2026-01-05.json").read_text().splitlines()
+    c3 = [json.loads(x) for x in lines[6:9]]  # completion C3, view of choice 1, dismiss of choice 1
+    select = {**c3[2], "ts": c3[2]["ts"] + 5000, "event": {"select": dict(c3[2]["event"]["dismiss"])}}
+    odd = {**c3[1], "event": {"view": {**c3[1]["event"]["view"], "choice_index": [1]}}}
+    (tmp_path / "tabby").mkdir()
+    (tmp_path / "tabby" / "2026-01-05.json").write_text(
+        "\n".join(json.dumps(x) for x in (*c3, c3[1], select, c3[0], odd)) + "\n"
+    )
+    r = import_logs(str(tmp_path / "lake"), "tabby", tmp_path / "tabby")
+    assert r["lines"] == 7 == r["mapped_lines"] + r["quarantined"]
+    assert r["quarantine_reasons"] == {"duplicate": 1, "wrong_type": 1}
+    assert r["shown"] == 1 and r["reactions"]["accepted"] == 1  # shown again after the dismissal, then taken
 
 
 def test_importing_again_replaces_instead_of_adding(tmp_path: Path) -> None:

@@ -483,7 +483,7 @@ class EchoConfig(BaseSettings):
     def runtime_env(self) -> dict[str, str]:
         """Environment every Echo subprocess (spark-submit, deepspeed, Airflow) should inherit."""
         return {
-            **QUIET_LIBRARIES,
+            **{k: os.environ.get(k, v) for k, v in QUIET_LIBRARIES.items()},  # what the user set wins
             "ECHO_HOME": str(self.home),
             "SPARK_LOCAL_IP": self.spark.driver_host,
             "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(self.torch_extensions_dir)),

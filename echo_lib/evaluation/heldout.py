@@ -384,6 +384,9 @@ def _log_evaluation(cfg: EchoConfig, mv, report: dict[str, Any]) -> None:
     tags["echo.eval.sessions"] = str(report["sessions"])
     tags["echo.eval.seed"] = str(report["seed"])
     digest = evaluation_digest(tags)
+    stale = set(evaluation_tags(cfg, mv)) - set(tags) - {EVAL_DIGEST_TAG}
+    for key in stale:  # an earlier evaluation's keys this one lacks would break the digest
+        client.delete_tag(mv.run_id, key)
     for key, value in tags.items():
         client.set_tag(mv.run_id, key, value)
     client.set_tag(mv.run_id, EVAL_DIGEST_TAG, digest)

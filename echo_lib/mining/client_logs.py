@@ -15,11 +15,14 @@ cited in ``docs/events.md``):
 Neither records what the user kept afterwards, only what was shown and accepted, so the events
 carry no ``doc_change`` or ``region_snapshot``: mining labels each proposal by its reaction
 (``accepted_unsettled``, ``rejected_unsettled``, ``partially_accepted``, ``abandoned``) and
-leaves ``final`` empty rather than invent it; such rows feed only objectives that need labels.
+leaves ``final`` empty rather than invent it. These rows are labels: every gold dataset today
+needs the kept code, so none of them uses the rows yet.
 
 Every source line either maps to events or goes to ``quarantine/imports`` with a reason, so
 ``lines = mapped + quarantined``. Event ids and file names are derived from the source, so
-importing the same file again replaces what it wrote instead of adding to it.
+importing the same path again replaces what it wrote instead of adding to it (overlapping paths,
+say a folder and then one file in it, write a second copy whose events ingest drops as
+redeliveries by ``event_id``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -111,14 +114,24 @@ def repo_of(remote: str | None) -> str:
 
 
 def doc_of(path: str, repo_id: str) -> str:
-    """A document path inside its repository, without the home folder (a personal detail) that a
-    ``file://`` URI carries: ``file:///home/alice/src/invoices/invoices/models.py`` with repo
-    ``acme/invoices`` -> ``invoices/models.py``; the file name alone when the root is unknown."""
-    if path.startswith("file://"):
+    """A document path inside its repository, without the home folder or host (personal details)
+    that an absolute path or URI carries: ``file:///home/alice/src/invoices/invoices/models.py``
+    with repo ``acme/invoices`` -> ``invoices/models.py``; the file name alone when the root is
+    unknown. Remote URIs (``vscode-remote://ssh-remote+box/home/...``) and Windows paths
+    (``C:\\Users\\alice\\...``) are read the same way; a relative path is already inside the repository."""
+    if re.match(r"^[a-zA-Z][\w+.\-]+://", path):
         path = unquote(urlparse(path).path)
-    if not PurePosixPath(path).is_absolute():  # already relative to the repository (Tabby)
-        return path
-    parts = PurePosixPath(path).parts
+    windows = bool(re.match(r"^/?[a-zA-Z]:[\\/]|^\\\\", path))
+    pure = (
+        PureWindowsPath(path.lstrip("/") if windows else path)
+        if windows or "\\" in path
+        else PurePosixPath(path)
+    )
+    if not (windows or pure.is_absolute()):
+        return pure.as_posix()
+    parts = [p for p in pure.parts if p not in ("/", "\\") and not p.endswith((":\\", ":"))]
+    if not parts:
+        return "unknown"
     name = repo_id.rsplit("/", 1)[-1]
     return "/".join(parts[parts.index(name) + 1 :]) if name in parts[:-1] else parts[-1]
 
@@ -128,7 +141,10 @@ def trigger_of(prefix: str) -> str:
 
 
 def from_epoch_ms(value: float) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"timestamp {value!r} is out of range") from exc
 
 
 def parse_time(value: Any) -> datetime:
@@ -136,7 +152,7 @@ def parse_time(value: Any) -> datetime:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("timestamp is neither a number nor a string")
     if isinstance(value, str):
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # ValueError when it is not one
         return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return from_epoch_ms(float(value))
 
@@ -186,6 +202,7 @@ def continue_files(path: Path) -> list[Path]:
 
 def map_continue(lines: Iterable[SourceLine]) -> Mapped:
     mapped = Mapped()
+    seen: dict[str, Shown] = {}
     for line in lines:
         record = decode(line, mapped)
         if record is None:
@@ -212,28 +229,38 @@ def map_continue(lines: Iterable[SourceLine]) -> Mapped:
         agent = re.search(r"Continue/([\w.\-]+)", str(record.get("userAgent") or ""))
         model = "/".join(str(record[k]) for k in ("modelProvider", "modelName") if record.get(k))
         time_ms = record.get("time")
-        mapped.shown.append(
-            Shown(
-                lines=[line],
-                ts=ts,
-                request_id=str(record.get("completionId") or pseudonym("req", line.text)),
-                user=pseudonym("u", str(machine)),
-                repo_id=repo,
-                doc_id=doc_of(filepath, repo),
-                language=language_of(filepath),
-                client=f"continue/{agent.group(1) if agent else record.get('schema', '0.1.0')}"[:64],
-                model_version=f"{model or 'unknown'} (continue)"[:256],
-                prefix=prefix,
-                suffix=suffix,
-                proposal=completion,
-                latency_ms=int(time_ms) if isinstance(time_ms, int | float) and time_ms >= 0 else None,
-                # one line per outcome: an accept right away, a non-accept after 10 s on screen
-                reaction="accepted" if accepted else "rejected",
-                reaction_ts=ts,
-                accepted_len=len(completion) if accepted else None,
-                reject_reason=None if accepted else "timed_out",
-            )
+        request_id = str(record.get("completionId") or pseudonym("req", line.text))
+        earlier = seen.get(request_id)
+        if earlier is not None:
+            # the 10 s timer logs accepted:false without forgetting the completion, so a later
+            # accept logs the same completionId again: one proposal, and the accept wins
+            earlier.lines.append(line)
+            earlier.ts = min(earlier.ts, ts)
+            if accepted and earlier.reaction != "accepted":
+                earlier.reaction, earlier.reaction_ts = "accepted", ts
+                earlier.accepted_len, earlier.reject_reason = len(completion), None
+            continue
+        seen[request_id] = Shown(
+            lines=[line],
+            ts=ts,
+            request_id=request_id,
+            user=pseudonym("u", str(machine)),
+            repo_id=repo,
+            doc_id=doc_of(filepath, repo),
+            language=language_of(filepath),
+            client=f"continue/{agent.group(1) if agent else record.get('schema', '0.1.0')}"[:64],
+            model_version=f"{model or 'unknown'} (continue)"[:256],
+            prefix=prefix,
+            suffix=suffix,
+            proposal=completion,
+            latency_ms=int(time_ms) if isinstance(time_ms, int | float) and time_ms >= 0 else None,
+            # one line per outcome: an accept right away, a non-accept after 10 s on screen
+            reaction="accepted" if accepted else "rejected",
+            reaction_ts=ts,
+            accepted_len=len(completion) if accepted else None,
+            reject_reason=None if accepted else "timed_out",
         )
+    mapped.shown = list(seen.values())
     return mapped
 
 
@@ -249,11 +276,16 @@ def tabby_files(path: Path) -> list[Path]:
 
 def partial_accept_len(text: str) -> int:
     """Tabby's ``select`` with ``kind: "line"`` accepts a line or a word without saying how much:
-    the first line of a multi-line choice, else its first word (a lower bound, always partial)."""
-    if "\n" in text.strip("\n"):
-        return len(text.split("\n", 1)[0]) or len(text.lstrip("\n").split("\n", 1)[0])
-    word = re.match(r"\s*\S+?(?=\W|$)", text)
-    return min(word.end() if word else 0, max(len(text) - 1, 0))
+    the first line of a multi-line choice (leading newlines included), else its first word; a
+    lower bound of at least one character, and the whole choice when it is one character long."""
+    body = text.lstrip("\n")
+    lead = len(text) - len(body)
+    if "\n" in body.rstrip("\n"):
+        taken = lead + len(body.split("\n", 1)[0])
+    else:
+        word = re.match(r"\s*\S+?(?=\W|$)", text)
+        taken = word.end() if word else 0
+    return min(max(taken, 1), len(text) - 1) if len(text) > 1 else len(text)
 
 
 def map_tabby(lines: Iterable[SourceLine]) -> Mapped:
@@ -278,7 +310,15 @@ def map_tabby(lines: Iterable[SourceLine]) -> Mapped:
         if not isinstance(body.get("completion_id"), str):
             mapped.reject(line, "missing_field", "completion_id is required")
             continue
+        if kind != "completion" and (
+            not isinstance(body.get("choice_index"), int) or isinstance(body.get("choice_index"), bool)
+        ):
+            mapped.reject(line, "wrong_type", "choice_index must be an integer")
+            continue
         if kind == "completion":
+            if body["completion_id"] in completions:  # the same file imported twice, or a copied line
+                mapped.reject(line, "duplicate", f"completion {body['completion_id']} appeared before")
+                continue
             completions[body["completion_id"]] = (line, entry, body)
         else:
             actions[body["completion_id"]].append((kind, line, entry, body))
@@ -319,12 +359,20 @@ def map_tabby(lines: Iterable[SourceLine]) -> Mapped:
             own = sorted((e for e in events if e[3].get("choice_index") == index), key=lambda e: e[2]["ts"])
             text = by_index[index]
             first_view = next((e for e in own if e[0] == "view"), own[0])
-            reaction = next((e for e in own if e[0] in ("select", "dismiss")), None)
+            # a choice can be shown again after a dismissal: what the user finally took wins
+            rank = {"select": 0, "line": 1, "dismiss": 2}
+            reactions = [e for e in own if e[0] in ("select", "dismiss")]
+            reaction = min(
+                reactions,
+                key=lambda e: rank["line" if e[3].get("kind") == "line" else e[0]],
+                default=None,
+            )
             shown = Shown(
                 lines=[line, *(e[1] for e in own)] if index == shown_indexes[0] else [e[1] for e in own],
                 ts=from_epoch_ms(first_view[2]["ts"]),
                 request_id=f"{completion_id}:{index}",
-                user=pseudonym("u", str(entry.get("user") or "anonymous")),
+                # before 2024-04 Tabby kept the user inside the completion
+                user=pseudonym("u", str(entry.get("user") or body.get("user") or "anonymous")),
                 repo_id=repo,
                 doc_id=doc_of(filepath, repo) if filepath != "unknown" else "unknown",
                 language=str(body.get("language") or language_of(filepath))[:32],

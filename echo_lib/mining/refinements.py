@@ -31,8 +31,8 @@ OUTCOMES = (
     "rejected_rewritten",
     "rejected_nothing_kept",
     "abandoned",
-    # the reaction is known but not what the user kept: no snapshot, and the session logs no edits
-    # to replay (clients that record only shown/accepted, e.g. Continue and Tabby imports)
+    # the reaction is known but not what the user kept: no settled snapshot, and no replay (the
+    # session logs no edits, as in Continue and Tabby imports, or its edits straddle the window)
     "accepted_unsettled",
     "rejected_unsettled",
 )

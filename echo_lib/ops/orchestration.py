@@ -182,10 +182,13 @@ def build_run_link(manifest_sha256: str) -> str:
     from echo_lib.core.tracking import configure_mlflow
 
     cfg = _config()
-    experiment_id = configure_mlflow(cfg)
-    runs = registry.client(cfg).search_runs(
-        [experiment_id], filter_string=f"tags.`echo.manifest_sha256` = '{manifest_sha256}'", max_results=1
-    )
+    try:  # a link is a courtesy: an MLflow hiccup must not stop the gold Asset from being emitted
+        experiment_id = configure_mlflow(cfg)
+        runs = registry.client(cfg).search_runs(
+            [experiment_id], filter_string=f"tags.`echo.manifest_sha256` = '{manifest_sha256}'", max_results=1
+        )
+    except Exception as exc:  # noqa: BLE001
+        return f"not looked up ({type(exc).__name__}: {exc})"
     if not runs:
         return "no build run found"
     path = f"#/experiments/{experiment_id}/runs/{runs[0].info.run_id}"
