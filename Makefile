@@ -81,6 +81,7 @@ cluster-smoke:
 	@bash scripts/cluster-smoke.sh
 
 mlflow: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (runs and models; the registry: #/models)"
 	@$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 reset:

@@ -68,3 +68,16 @@ def test_tables_are_vertical_in_a_log_and_boxed_on_a_terminal() -> None:
     terminal = Console(record=True, width=80, force_terminal=True)
     print_table(terminal, table)
     assert "┃" in terminal.export_text()  # a real box drawing on a terminal
+
+
+def test_mlflow_links_open_on_runs_not_traces() -> None:
+    """MLflow 3's UI defaults to its GenAI view; Echo's links carry the "Model training" switch."""
+    from echo_lib.core.tracking import ui_link
+
+    assert (
+        ui_link("http://127.0.0.1:5000/", "models")
+        == "http://127.0.0.1:5000/#/models?workflowType=machine_learning"
+    )
+    assert ui_link("http://m:5000", "/experiments/1/runs/abc").endswith(
+        "#/experiments/1/runs/abc?workflowType=machine_learning"
+    )

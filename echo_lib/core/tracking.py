@@ -18,10 +18,18 @@ def configure_mlflow(cfg: EchoConfig) -> str:
     return ensure_experiment(cfg, cfg.mlflow.experiment)
 
 
-# MLflow's UI opens an experiment in its GenAI (traces) view unless the experiment says it holds
-# model-training runs; the tag name and value are MLflow's own (ExperimentKind in its UI)
+# MLflow's UI opens experiments in its GenAI (traces) view by default. The experiment declares that
+# it holds model-training runs (the tag name and value are MLflow's own, ExperimentKind in its UI);
+# since 3.x the UI's global GenAI / Model training switch overrides the tag, so the links Echo prints
+# also carry that switch (``workflowType`` in the UI's route, read before its local storage).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"
+
+
+def ui_link(base: str, route: str = "experiments") -> str:
+    """A link into the MLflow UI at ``base`` that opens on runs and models, not traces."""
+    return f"{base.rstrip('/')}/#/{route.lstrip('/')}?{UI_WORKFLOW}"
 
 
 def ensure_experiment(cfg: EchoConfig, name: str) -> str:

@@ -178,6 +178,7 @@ def main() -> None:
     from datetime import UTC, datetime, timedelta
 
     from echo_lib.core.config import load_config, quiet_libraries
+    from echo_lib.core.tracking import ui_link
 
     quiet_libraries()  # the demo's own model loading shows no library bars either
     start = time.perf_counter()
@@ -208,8 +209,8 @@ def main() -> None:
     console.print(
         "Airflow UI (the DAG runs above):  .venv/bin/echoctl airflow up     "
         f"-> http://{cfg.airflow.host}:{cfg.airflow.port}\n"
-        "MLflow UI (runs and the registry): .venv/bin/mlflow ui --backend-store-uri "
-        f"{cfg.mlflow_tracking_uri} --host 127.0.0.1 --port 5000",
+        "MLflow UI (runs and the registry): make mlflow                     "
+        f"-> {ui_link('http://127.0.0.1:5000', 'models')}",
         highlight=False,
     )
     console.print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")

@@ -179,7 +179,7 @@ def gold_manifest(ds: str) -> dict[str, Any]:
 def build_run_link(manifest_sha256: str) -> str:
     """Where the build's MLflow run is (the UI's address when the store is a server)."""
     from echo_lib.core import registry
-    from echo_lib.core.tracking import configure_mlflow
+    from echo_lib.core.tracking import configure_mlflow, ui_link
 
     cfg = _config()
     try:  # a link is a courtesy: an MLflow hiccup must not stop the gold Asset from being emitted
@@ -191,13 +191,10 @@ def build_run_link(manifest_sha256: str) -> str:
         return f"not looked up ({type(exc).__name__}: {exc})"
     if not runs:
         return "no build run found"
-    path = f"#/experiments/{experiment_id}/runs/{runs[0].info.run_id}"
+    route = f"experiments/{experiment_id}/runs/{runs[0].info.run_id}"
     uri = cfg.mlflow_tracking_uri
-    return (
-        f"{uri.rstrip('/')}/{path}"
-        if uri.startswith("http")
-        else f"run {runs[0].info.run_id} ({path} in `make mlflow`)"
-    )
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"  # `make mlflow` serves a local store
+    return ui_link(base, route)
 
 
 def expire_raw_text(ds: str) -> dict[str, Any]:

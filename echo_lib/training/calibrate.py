@@ -204,14 +204,21 @@ def calibrate(
 
 
 def policy_tags(policy: ShowPolicy) -> dict[str, str]:
-    """A few decisive tags for the model version (the full record is in show_policy.json)."""
+    """The version's one policy tag; the calibration's numbers are metrics of its run
+    (:func:`calibration_metrics`) and the full record is ``show_policy.json``."""
+    return {"echo.show_policy": policy.describe()}
+
+
+def calibration_metrics(policy: ShowPolicy) -> dict[str, float]:
+    """What calibration measured, as run metrics (``calibration.*``)."""
     c = policy.calibration
-    tags = {"echo.show_policy": policy.describe()}
-    if c:
-        tags["echo.calibration.objective"] = f"{c['objective_min_relative_gain']:+.4f}"
-        tags["echo.calibration.acceptance"] = f"{c['chosen']['acceptance']:.4f}"
-        tags["echo.calibration.retained_per_request"] = f"{c['chosen']['retained_per_request']:.4f}"
-    return tags
+    if not c:
+        return {}
+    metrics = {f"calibration.{side}.{k}": v for side in ("reference", "chosen") for k, v in c[side].items()}
+    metrics["calibration.objective"] = c["objective_min_relative_gain"]
+    metrics["calibration.auc_confidence"] = c["auc_confidence"]
+    metrics["calibration.auc_policy"] = c["auc_policy"]
+    return metrics
 
 
 def recalibrate(cfg: EchoConfig, version: str, against: str, progress: Callable[[str], None] = print) -> str:
@@ -245,7 +252,7 @@ def recalibrate(cfg: EchoConfig, version: str, against: str, progress: Callable[
                 client,
                 run_id,
                 model_dir=model_dir,
-                metrics={},
+                metrics=calibration_metrics(policy),
                 tags={
                     "echo.stage": "calibrate",
                     "echo.parent": str(version),

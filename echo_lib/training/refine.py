@@ -742,7 +742,7 @@ def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
 def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=None):
     from echo_lib.core import registry
     from echo_lib.training import lifecycle
-    from echo_lib.training.calibrate import policy_tags
+    from echo_lib.training.calibrate import calibration_metrics, policy_tags
 
     summaries = [_stage_summary(s) for s in plan.stages]
     metrics: dict[str, float | None] = {}
@@ -761,13 +761,8 @@ def _register(cfg: EchoConfig, client, plan: TrainPlan, model_dir: str, policy=N
                 )
             }
         )
-    if policy is not None and policy.calibration:
-        c = policy.calibration
-        for side in ("reference", "chosen"):
-            metrics.update({f"calibration.{side}.{k}": v for k, v in c[side].items()})
-        metrics["calibration.objective"] = c["objective_min_relative_gain"]
-        metrics["calibration.auc_confidence"] = c["auc_confidence"]
-        metrics["calibration.auc_policy"] = c["auc_policy"]
+    if policy is not None:
+        metrics.update(calibration_metrics(policy))
     rows = sum(s["rows"] for s in summaries)
     return lifecycle.publish(
         cfg,
