@@ -125,7 +125,10 @@ def test_gold_has_no_secrets_and_the_funnel_reconciles(spark, silver: Path) -> N
         "class Cache:\n    def get(self, key, default=None):\n        return self._cache.get(key, default)\n"
     ]
     settings = DatasetSettings(opt_out_users=["opted-out-user"])
+    spark.catalog.clearCache()
     m = run_build(spark, str(silver), ["2026-11-24"], heldout, settings=settings)
+    # nothing the build cached outlives it: a long-lived session (the flywheel's) builds many times
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
     for table, expected in GOLD_SCHEMAS.items():
         written = spark.read.parquet(str(silver / "gold" / table / "dt=2026-11-24")).schema
         assert [(f.name, f.dataType) for f in written] == [(f.name, f.dataType) for f in expected], table

@@ -231,9 +231,13 @@ def build(
     heldout: DataFrame,
     settings: DatasetSettings,
     say: Callable[[str], None] | None = None,
+    persisted: list[DataFrame] | None = None,
 ) -> tuple[dict[str, DataFrame], list[dict[str, Any]]]:
     """Run the funnel; return the gold frames and the funnel (rows in/out of every step, also
-    told to ``say`` as each step is counted)."""
+    told to ``say`` as each step is counted). Each step's frame is cached for the next one and
+    added to ``persisted``: the caller unpersists them once the gold is written (a long-lived
+    session, like the flywheel's, would otherwise keep every build's cached plans)."""
+    persisted = [] if persisted is None else persisted
     if settings.harvest == "accepted":  # what simple harvesting keeps: accepted proposals as shown
         from pyspark.sql import functions as F
 
@@ -271,6 +275,7 @@ def build(
     rows_in = current.count()
     for name, reason, step in steps:
         current = step(current).persist()
+        persisted.append(current)
         rows_out = current.count()
         funnel.append(
             {
@@ -285,6 +290,7 @@ def build(
             say(f"build: {name}: {rows_in:,} -> {rows_out:,} rows")
         rows_in = rows_out
     final = split_column(current, validation_percent=settings.validation_percent).persist()
+    persisted.append(final)
     funnel.append(
         {
             "step": "secrets_redacted",
@@ -322,24 +328,34 @@ def run_build(
         raise FileNotFoundError(f"no silver refinements for {', '.join(dates)}: run `echoctl mine` first")
     paths = [lake_io.partition_uri(lake, "silver/refinements", d) for d in present]
     silver = spark.read.parquet(*paths)
-    frames, funnel = build(spark, silver, heldout_lines_frame(spark, heldout_texts), settings, say)
     out_dt = out_dt or dates[-1]
-    manifest = {
-        "dt": out_dt,
-        "dates": present,
-        "inputs": paths,
-        "settings": settings.model_dump(mode="json"),
-        "funnel": funnel,
-        "datasets": {},
-    }
-    # the tables and their manifest commit together: one lease for the date, the manifest last
-    with lake_io.holding(spark, lake, "gold/_manifests", out_dt):
-        for name, frame in frames.items():
-            frame = frame.persist()
-            manifest["datasets"][name] = write_gold_table(spark, lake, name, out_dt, frame)
-            if say:
-                say(f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written")
-        return write_gold_manifest(spark, lake, out_dt, manifest, lease=False)
+    persisted: list[DataFrame] = []
+    try:
+        frames, funnel = build(
+            spark, silver, heldout_lines_frame(spark, heldout_texts), settings, say, persisted
+        )
+        manifest = {
+            "dt": out_dt,
+            "dates": present,
+            "inputs": paths,
+            "settings": settings.model_dump(mode="json"),
+            "funnel": funnel,
+            "datasets": {},
+        }
+        # the tables and their manifest commit together: one lease for the date, the manifest last
+        with lake_io.holding(spark, lake, "gold/_manifests", out_dt):
+            for name, frame in frames.items():
+                frame = frame.persist()
+                persisted.append(frame)
+                manifest["datasets"][name] = write_gold_table(spark, lake, name, out_dt, frame)
+                if say:
+                    say(
+                        f"build: gold/{name} dt={out_dt}: {manifest['datasets'][name]['rows']:,} rows written"
+                    )
+            return write_gold_manifest(spark, lake, out_dt, manifest, lease=False)
+    finally:
+        for frame in persisted:
+            frame.unpersist()
 
 
 def write_gold_table(
