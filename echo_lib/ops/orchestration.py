@@ -76,6 +76,17 @@ DAG_KWARGS: dict[str, Any] = {
 # ---- echo_nightly ---------------------------------------------------------------------------------
 
 
+def raw_files(lake: str, ds: str) -> list[Any]:
+    """The ``*.jsonl.gz`` files (pyarrow FileInfo) of the raw partition of ``ds``."""
+    import pyarrow.fs as pafs
+
+    from echo_lib.core.lake import arrow_fs
+
+    fs, root = arrow_fs(lake)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
+    return [i for i in infos if i.base_name.endswith(".jsonl.gz")]
+
+
 def _run_type(dag_run: Any) -> str:
     kind = getattr(dag_run, "run_type", "")
     return str(getattr(kind, "value", kind))
@@ -87,8 +98,6 @@ def nightly_needed(ds: str, dag_run: Any) -> bool:
     changed since that build. Unpausing a DAG (which a backfill needs) makes the scheduler start
     the latest cron slot at once (catchup=False), often a day already built; a manual run or a
     backfill is an explicit request and always (re)builds."""
-    import pyarrow.fs as pafs
-
     from echo_lib.core.lake import arrow_fs, gold_dates, read_manifest
 
     kind = _run_type(dag_run)
@@ -104,8 +113,8 @@ def nightly_needed(ds: str, dag_run: Any) -> bool:
     changed = [
         f"dt={day}/{info.base_name}"
         for day in read_manifest(lake, ds).get("dates", [ds])
-        for info in fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={day}", allow_not_found=True))
-        if info.base_name.endswith(".jsonl.gz") and info.mtime and info.mtime > built
+        for info in raw_files(lake, day)
+        if info.mtime and info.mtime > built
     ]
     if changed:
         print(
@@ -123,14 +132,8 @@ def nightly_needed(ds: str, dag_run: Any) -> bool:
 
 def raw_ready(ds: str) -> bool:
     """Sensor body: has the collector landed any telemetry for ``ds``?"""
-    import pyarrow.fs as pafs
-
-    from echo_lib.core.lake import arrow_fs
-
     lake = _config().lake_uri
-    fs, root = arrow_fs(lake)
-    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
-    files = [i for i in infos if i.base_name.endswith(".jsonl.gz")]
+    files = raw_files(lake, ds)
     where = f"{lake.rstrip('/')}/raw/events/dt={ds}"
     if files:
         print(
@@ -217,18 +220,12 @@ def world_needed(ds: str, dag_run: Any) -> bool:
     run of a day whose telemetry is already simulated. A re-simulation would replace the day's raw
     parts with traffic from today's @champion (and so change a day already built into gold); a
     manual run or a backfill is an explicit request and always simulates."""
-    import pyarrow.fs as pafs
-
-    from echo_lib.core.lake import arrow_fs
-
     kind = _run_type(dag_run)
     if kind != "scheduled":
         print(f"{kind} run for {ds}: an explicit run, simulating {ds}")
         return True
     lake = _config().lake_uri
-    fs, root = arrow_fs(lake)
-    infos = fs.get_file_info(pafs.FileSelector(f"{root}/raw/events/dt={ds}", allow_not_found=True))
-    parts = [i for i in infos if i.base_name.startswith("part-0") and i.base_name.endswith(".jsonl.gz")]
+    parts = [i for i in raw_files(lake, ds) if i.base_name.startswith("part-0")]  # the world's own parts
     if not parts:
         print(f"{ds} is not simulated yet: simulating it")
         return True
