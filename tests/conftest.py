@@ -83,7 +83,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(autouse=True)
 def _release_spark_cache(request: pytest.FixtureRequest):
     """Tests share one SparkSession, and the jobs persist what they count: drop it after each test,
-    or the driver fills up over the run and a later, tiny broadcast join fails for want of memory."""
+    so the driver's heap holds one test's data at a time."""
     yield
     if "spark" in request.fixturenames:
         request.getfixturevalue("spark").catalog.clearCache()
@@ -95,7 +95,16 @@ def spark():
     from echo_lib.core.config import load_config
     from echo_lib.core.spark import get_session
 
-    cfg = load_config(overrides={"spark.shuffle_partitions": 2, "spark.driver_memory": "2g"}).config
+    # Spark sizes its memory pages from the heap: 64 MB each at 2g. Every broadcast join builds its
+    # hash table in such a page on the driver and keeps it until the broadcast is garbage-collected,
+    # so a run of tiny joins filled the 2g heap in CI (a broadcast failed with "Java heap space").
+    # Tiny test tables need tiny pages.
+    overrides = {
+        "spark.shuffle_partitions": 2,
+        "spark.driver_memory": "2g",
+        "spark.conf": {"spark.buffer.pageSize": "2m"},
+    }
+    cfg = load_config(overrides=overrides).config
     session = get_session(cfg, "echo-tests", master="local[1]")
     yield session
     session.stop()
