@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -84,6 +85,57 @@ def call(url: str, *, method: str = "GET", body: dict | None = None, token: str 
         return exc.code, exc.read().decode(errors="replace")
 
 
+def _tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log; a task's JSON log lines as ``timestamp event``."""
+    text = path.read_text(errors="replace").splitlines() if path.is_file() else ["(no such file)"]
+    shown = []
+    for line in text[-lines:]:
+        try:
+            record = json.loads(line)
+            shown.append(f"{record['timestamp']} {record['event']}")
+        except (ValueError, TypeError, KeyError):
+            shown.append(line)
+    return f"--- {path} (last {lines} lines)\n" + "\n".join(shown)
+
+
+def stuck_backfill_report(cfg, api: str, token: str, runs: list[dict]) -> str:
+    """What a stuck backfill is waiting on: each run's task states, the components, the logs of
+    unfinished tasks, the scheduler's log and any partition lease still held in the lake."""
+    from echo_lib.ops import airflow_services as services
+
+    parts = [f"components: {services.status(cfg)['components']}"]
+    unfinished = []
+    for run in runs:
+        status, body = call(
+            f"{api}/dags/echo_nightly/dagRuns/{quote(run['dag_run_id'], safe='')}/taskInstances", token=token
+        )
+        tasks = body.get("task_instances", []) if status == 200 else []
+        parts.append(
+            f"{run['dag_run_id']} {run['state']}: " + ", ".join(f"{t['task_id']}={t['state']}" for t in tasks)
+        )
+        unfinished += [
+            (run["dag_run_id"], t["task_id"], max(1, t["try_number"]))
+            for t in tasks
+            if t["state"] not in ("success", "failed", "skipped", "upstream_failed", None)
+        ]
+    logs = cfg.airflow_home / "logs"
+    for run_id, task_id, attempt in unfinished:
+        parts.append(
+            _tail(
+                logs
+                / "dag_id=echo_nightly"
+                / f"run_id={run_id}"
+                / f"task_id={task_id}"
+                / f"attempt={attempt}.log"
+            )
+        )
+    parts.append(_tail(logs / "components" / "scheduler.log"))
+    leases = sorted(str(p) for p in Path(cfg.lake_uri).glob("**/_leases/*"))
+    parts.append(f"leases held: {leases}")
+    return "\n".join(parts)
+
+
+@pytest.mark.timeout(1200)  # 6 min here; a stuck run reports itself after 12 min (below)
 def test_backfill_with_several_active_runs_beside_a_manual_mine_matches_a_serial_run(
     spark, tmp_path: Path
 ) -> None:
@@ -115,6 +167,7 @@ def test_backfill_with_several_active_runs_beside_a_manual_mine_matches_a_serial
     serial_lake = tmp_path / "serial-lake"
     shutil.copytree(Path(cfg.lake_uri) / "raw", serial_lake / "raw")
     manual = None
+    manual_log = tmp_path / "manual-mine.log"
     try:
         state = services.up(cfg)
         assert all(c["running"] for c in state["components"].values())
@@ -156,27 +209,32 @@ def test_backfill_with_several_active_runs_beside_a_manual_mine_matches_a_serial
             time.sleep(3)
         assert status == 200, backfill
 
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 720  # twice what it takes here, and before pytest's timeout
         while True:
             if manual is None and (Path(cfg.lake_uri) / f"bronze/events/dt={DAYS[1]}/_SUCCESS").is_file():
-                manual = subprocess.Popen(  # an operator re-mines the day by hand meanwhile
-                    [str(Path(sys.executable).with_name("echoctl")), "mine", "--date", DAYS[1]],
-                    env=echoctl_env(tmp_path / "var", ECHO_SPARK__MASTER="local[1]"),
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
+                with manual_log.open("w") as out:  # a file, not a pipe nobody reads until the end
+                    manual = subprocess.Popen(  # an operator re-mines the day by hand meanwhile
+                        [str(Path(sys.executable).with_name("echoctl")), "mine", "--date", DAYS[1]],
+                        env=echoctl_env(tmp_path / "var", ECHO_SPARK__MASTER="local[1]"),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
             status, runs = call(f"{api}/dags/echo_nightly/dagRuns?run_type=backfill", token=token)
             assert status == 200, runs
             states = sorted((r["logical_date"][:10], r["state"]) for r in runs["dag_runs"])
             if len(states) == 2 and all(s in ("success", "failed") for _, s in states):
                 break
-            assert time.monotonic() < deadline, f"backfill still running: {states}"
+            components = services.status(cfg)["components"]
+            if time.monotonic() > deadline or not all(c["running"] for c in components.values()):
+                pytest.fail(
+                    f"backfill stuck at {states}\n" + stuck_backfill_report(cfg, api, token, runs["dag_runs"])
+                )
             time.sleep(5)
-        assert states == [(DAYS[0], "success"), (DAYS[1], "success")]
+        assert states == [(DAYS[0], "success"), (DAYS[1], "success")], stuck_backfill_report(
+            cfg, api, token, runs["dag_runs"]
+        )
         assert manual is not None, "the second date's bronze never appeared"
-        out, _ = manual.communicate(timeout=600)
-        assert manual.returncode == 0, out[-3000:]
+        assert manual.wait(timeout=600) == 0, _tail(manual_log)
     finally:
         if manual is not None and manual.poll() is None:
             manual.kill()

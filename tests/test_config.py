@@ -113,6 +113,24 @@ def test_cli_config_error_is_one_line_and_exit_2() -> None:
     assert "train.num_procs" in result.stderr
 
 
+def test_airflow_on_sqlite_waits_for_the_write_lock_and_on_postgres_is_left_alone(tmp_path) -> None:
+    import importlib
+
+    from echo_lib.core.config import load_config
+
+    local = load_config(overrides={"var_dir": str(tmp_path)}).config.airflow_env()
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC",
+    ):
+        module, name = local[key].rsplit(".", 1)  # the import path Airflow resolves
+        assert getattr(importlib.import_module(module), name)["timeout"] >= 30
+    postgres = load_config(
+        overrides={"airflow.sql_alchemy_conn": "postgresql+psycopg2://airflow@db/airflow"}
+    ).config.airflow_env()
+    assert not any("CONNECT_ARGS" in key for key in postgres)
+
+
 def test_cluster_settings_reach_the_processes_echo_starts(tmp_path) -> None:
     from echo_lib.core.config import load_config
     from echo_lib.core.spark import spark_conf

@@ -456,7 +456,12 @@ class EchoConfig(BaseSettings):
 
     def airflow_env(self) -> dict[str, str]:
         """Environment for any Airflow process Echo starts (CLI, components, tests)."""
+        sqlite = {
+            f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS{suffix}": f"{__name__}.SQLITE_CONNECT_ARGS"
+            for suffix in ("", "_ASYNC")
+        }
         return {
+            **(sqlite if self.airflow_sql_alchemy_conn.startswith("sqlite") else {}),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -490,6 +495,12 @@ class EchoConfig(BaseSettings):
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
         }
 
+
+# SQLite lets one writer in at a time; a second waits ``timeout`` seconds, then fails with "database
+# is locked" (sqlite3's default is 5 s). Four Airflow components, their task runners and Spark jobs
+# share 2 cores here, so a write can wait longer than that: an Airflow process then errors out
+# where it should only have waited (the POST of a backfill answered 503, the scheduler's loop).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 
 # Libraries' own download, loading and map bars are not Echo's progress (Echo prints its own
 # lines): in a log they are hundreds of carriage-return lines. Off in every Echo process.
