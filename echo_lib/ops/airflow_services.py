@@ -190,7 +190,10 @@ def record_real_start(cfg: EchoConfig, dag_id: str) -> int:
     still their logical date are touched."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(cfg.airflow_sql_alchemy_conn)
+    from echo_lib.core.config import SQLITE_CONNECT_ARGS
+
+    url = cfg.airflow_sql_alchemy_conn
+    engine = sa.create_engine(url, connect_args=dict(SQLITE_CONNECT_ARGS) if url.startswith("sqlite") else {})
     try:
         with engine.begin() as conn:
             return conn.execute(
