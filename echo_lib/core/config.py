@@ -440,6 +440,10 @@ class EchoConfig(BaseSettings):
         return self.airflow.sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}"
 
     @property
+    def airflow_on_sqlite(self) -> bool:
+        return self.airflow_sql_alchemy_conn.startswith("sqlite")
+
+    @property
     def checkpoint_dir(self) -> Path:
         return Path(self.train.checkpoint_dir) if self.train.checkpoint_dir else self.var_path / "checkpoints"
 
@@ -461,7 +465,7 @@ class EchoConfig(BaseSettings):
             for suffix in ("", "_ASYNC")
         }
         return {
-            **(sqlite if self.airflow_sql_alchemy_conn.startswith("sqlite") else {}),
+            **(sqlite if self.airflow_on_sqlite else {}),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.home / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

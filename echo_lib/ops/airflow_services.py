@@ -192,8 +192,8 @@ def record_real_start(cfg: EchoConfig, dag_id: str) -> int:
 
     from echo_lib.core.config import SQLITE_CONNECT_ARGS
 
-    url = cfg.airflow_sql_alchemy_conn
-    engine = sa.create_engine(url, connect_args=dict(SQLITE_CONNECT_ARGS) if url.startswith("sqlite") else {})
+    connect_args = dict(SQLITE_CONNECT_ARGS) if cfg.airflow_on_sqlite else {}
+    engine = sa.create_engine(cfg.airflow_sql_alchemy_conn, connect_args=connect_args)
     try:
         with engine.begin() as conn:
             return conn.execute(
