@@ -121,7 +121,14 @@ def test_report_pairs_every_difference_and_judges_the_targets(
             "steps": {
                 "world": {"accepted": 10, "shown": 50, "seconds": 1.0},
                 "nightly": {"gold_rows": {"sft": 100}, "seconds": 1.0},
-                "train": {"loss_tokens": 1000, "steps": 4, "seconds": 1.0},
+                "train": {
+                    "version": "2",
+                    "loss_tokens": 1000,
+                    "team_loss_tokens": 700,
+                    "steps": 4,
+                    "seconds": 1.0,
+                    "calibration": {"acceptance": 0.25, "retained_per_request": 0.5},
+                },
                 "gate": {"version": "2", "verdict": verdict, "seconds": 1.0},
                 "measure": {**m, "version": "2" if verdict == "pass" else "1", "seconds": 0.0},
             },
@@ -162,6 +169,8 @@ def test_report_pairs_every_difference_and_judges_the_targets(
     assert text.count(flywheel_report.MARK_BEGIN) == 1 and "hand-written text stays" in text
     assert "| 3 | echo - control | +20.00% [+" in text
     assert "](results/flywheel-unit-acceptance.png)" in text
+    # each seed's arm-rounds, with the calibration split a screen selects by, and team-code tokens
+    assert "| 1 | echo | 0 | v2 | 1,000 | 700 | 25.00% | 0.500 | v2 |" in text
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     # a round some arm has not finished is not reported as if it had
     del data["cells"]["s0/control/r3"]

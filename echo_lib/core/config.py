@@ -311,6 +311,29 @@ class LearnSettings(_Section):
         description="SFT: share of the context blocks replaced by blocks of the team's own files "
         "(experience split), at the same loss tokens; 0 = refinements and their context only",
     )
+    recipe: Literal["blocks", "rows"] = Field(
+        "blocks",
+        description="sft: blocks = every row a full-loss block, refinements weighting the tokens of "
+        "the session code around them (equal loss tokens for every arm); rows = the kept code as its own "
+        "completion-only rows beside context blocks (the recipe before 2026-12)",
+    )
+    kept_weight: float = Field(
+        2.0, ge=1, description="blocks: loss weight of the code the user kept at a request (others 1)"
+    )
+    fixed_weight: float = Field(
+        4.0, ge=1, description="blocks: ... where the user rejected or edited the shown proposal"
+    )
+    unlikelihood: float = Field(
+        0.0,
+        ge=0,
+        description="blocks: weight of -log(1 - p) on a rejected proposal's first token that differs "
+        "from what the user kept (0 = off)",
+    )
+    decontaminate_lines: bool = Field(
+        True,
+        description="blocks: drop lines that also stand in held-out files from every arm's training "
+        "text (session code, team files, replay), the rule build-dataset applies to gold rows",
+    )
     beta: float = Field(0.1, gt=0, description="DPO/KTO beta")
     save_steps: int = Field(50, gt=0, description="checkpoint every K steps (resume point)")
     seed: int = Field(0, description="seed for data order, replay sampling and init")

@@ -83,8 +83,14 @@ ARMS: dict[str, Arm] = {
             baseline="team-experience",
         ),
         Arm(
+            "echo-ul",
+            "refinements, and an unlikelihood term on the first token where a rejected proposal left "
+            "what the user kept (the on-policy negative, in the same steps)",
+            {"learn.unlikelihood": 1.0},
+        ),
+        Arm(
             "echo+repo",
-            "refinements, with half of their context blocks replaced by the team's own files",
+            "half refinement-weighted session blocks, half the team's own files, at the same density as repo",
             {"learn.team_files_share": 0.5},
         ),
     )
@@ -95,6 +101,8 @@ COMPARISONS = (
     ("echo", "naive-accepted"),
     ("echo", "naive-raw"),
     ("echo", "echo-no-policy"),
+    ("echo-ul", "echo"),
+    ("echo-ul", "naive-accepted"),
     ("echo+repo", "repo"),
     ("echo", "repo"),
 )
@@ -153,7 +161,7 @@ def settings_for(
             "preference pairs, the accepted harvest has no rejected code, and a two-stage objective would "
             "double the steps), so the comparison needs learn.objective=sft"
         )
-    if "echo+repo" in arms and not cfg.learn.context_loss:
+    if "echo+repo" in arms and cfg.learn.recipe == "rows" and not cfg.learn.context_loss:
         raise FlywheelError(
             "echo+repo replaces context blocks with team files: it needs learn.context_loss=true"
         )
@@ -580,8 +588,20 @@ def train(acfg: EchoConfig, arm: Arm, day: str, say: Say) -> dict[str, Any]:
         "steps": sum(s["steps"] for s in result.stages),
         "rows": sum(s["rows"] for s in result.stages),
         "loss_tokens": sum(s["loss_tokens"] or 0 for s in result.stages),
+        "team_loss_tokens": sum(s.get("team_loss_tokens") or 0 for s in result.stages),
+        "calibration": calibration_split(acfg, result.run_id),
         "final_loss": result.stages[-1]["final_loss"],
     }
+
+
+def calibration_split(acfg: EchoConfig, run_id: str) -> dict[str, float]:
+    """What the trained model's calibrated policy gave on the canary (calibration-split) sessions:
+    the numbers a screen may select by (the held-out sessions never choose a recipe)."""
+    from echo_lib.core import registry
+
+    prefix = "calibration.chosen."
+    metrics = registry.client(acfg).get_run(run_id).data.metrics
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def gate(acfg: EchoConfig, trained: dict[str, Any], say: Say) -> dict[str, Any]:

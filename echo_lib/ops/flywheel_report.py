@@ -78,6 +78,10 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
                 ],
                 "gold_sft_rows": sum(c["nightly"]["gold_rows"]["sft"] for c in cells),
                 "loss_tokens": sum(c["train"]["loss_tokens"] for c in cells),
+                # runs before the blocks recipe did not record it
+                "team_loss_tokens": sum(c["train"].get("team_loss_tokens") or 0 for c in cells)
+                if all("team_loss_tokens" in c["train"] for c in cells)
+                else None,
                 "steps": sum(c["train"]["steps"] for c in cells),
                 "live_acceptance": sum(c["world"]["accepted"] for c in cells)
                 / max(1, sum(c["world"]["shown"] for c in cells)),
@@ -173,13 +177,13 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
         "Acceptance among shown, retained characters per request (what users actually kept) and the shown "
         "rate of each arm's champion after the round's gate; the gain columns are paired against v0.",
         "",
-        "| round | arm | champion | gate | gold sft rows | steps | loss tokens | acceptance among shown | retained chars / request | shown rate | acceptance - v0 | retained - v0 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| round | arm | champion | gate | gold sft rows | steps | loss tokens | team-code loss tokens | acceptance among shown | retained chars / request | shown rate | acceptance - v0 | retained - v0 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     if summary["v0"]:
         v = summary["v0"]
         lines.append(
-            f"| 0 | v0 | v1 | - | - | - | - | {fmt(v['acceptance'], 'pct')} | {fmt(v['retained'], 'num')} "
+            f"| 0 | v0 | v1 | - | - | - | - | - | {fmt(v['acceptance'], 'pct')} | {fmt(v['retained'], 'num')} "
             f"| {fmt(v['shown_rate'], 'pct')} | - | - |"
         )
     for (arm, r), c in sorted(
@@ -187,7 +191,9 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
     ):
         lines.append(
             f"| {r} | {arm} | {', '.join('v' + v for v in c['champions'])} | {', '.join(c['verdicts'])} "
-            f"| {c['gold_sft_rows']:,} | {c['steps']:,} | {c['loss_tokens']:,} | {fmt(c['acceptance'], 'pct')} "
+            f"| {c['gold_sft_rows']:,} | {c['steps']:,} | {c['loss_tokens']:,} "
+            f"| {'-' if c['team_loss_tokens'] is None else format(c['team_loss_tokens'], ',')} "
+            f"| {fmt(c['acceptance'], 'pct')} "
             f"| {fmt(c['retained'], 'num')} | {fmt(c['shown_rate'], 'pct')} "
             f"| {fmt(c['acceptance_vs_v0'], 'dpct')} | {fmt(c['retained_vs_v0'], 'dnum')} |"
         )
@@ -204,6 +210,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
                 f"| {r} | {left} - {right} | {fmt(c['acceptance'], 'dpct')} | {fmt(c['retained'], 'dnum')} "
                 f"| {fmt(c['shown_rate'], 'dpct')} |"
             )
+    lines += per_seed(data)
     lines += ["", "### Targets", "", "| target | measured | verdict |", "| --- | --- | --- |"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(data, summary)]
     seconds = sum(c["seconds"] for c in summary["cells"].values())
@@ -211,6 +218,47 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
     if plots:
         lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     return "\n".join(lines) + "\n"
+
+
+def per_seed(data: dict[str, Any]) -> list[str]:
+    """Each finished arm-round of each seed: what it trained, what its trained model gave on the
+    calibration split (what a screen selects by), and its champion on that seed's held-out sessions.
+    A round's verdict (the tables above) waits for every seed; this table shows what has landed."""
+    lines = [
+        "",
+        "### Each seed",
+        "",
+        "Selection uses the calibration columns (canary sessions on the calibration files, the same "
+        "for every model); the held-out columns only report.",
+        "",
+        "| round | arm | seed | trained | loss tokens | team-code loss tokens "
+        "| calibration: acceptance among shown | calibration: retained chars / request "
+        "| champion | held-out: acceptance among shown | held-out: retained chars / request | held-out: shown rate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keyed = []
+    for key, cell in data["cells"].items():
+        seed, arm, r = key.split("/", 2)
+        keyed.append(
+            (int(r.removeprefix("r")), data["settings"]["arms"].index(arm), int(seed[1:]), arm, cell)
+        )
+    for r, _, seed, arm, cell in sorted(keyed):
+        steps = cell.get("steps", {})
+        if "measure" not in steps:
+            continue
+        train, measure = steps.get("train", {}), steps["measure"]
+        calibration = train.get("calibration") or {}
+        held = {k: ratio(measure["per_session"], *nd) for k, nd in GAINS.items()}
+        team = train.get("team_loss_tokens")
+        lines.append(
+            f"| {r} | {arm} | {seed} | {'v' + train['version'] if train.get('version') else 'no-data'} "
+            f"| {train.get('loss_tokens', 0):,} | {'-' if team is None else format(team, ',')} "
+            f"| {format(calibration['acceptance'], '.2%') if 'acceptance' in calibration else '-'} "
+            f"| {format(calibration['retained_per_request'], '.3f') if 'retained_per_request' in calibration else '-'} "
+            f"| v{measure['version']} | {fmt(held['acceptance'], 'pct')} | {fmt(held['retained'], 'num')} "
+            f"| {fmt(held['shown_rate'], 'pct')} |"
+        )
+    return lines if len(lines) > 8 else []
 
 
 def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Path]:

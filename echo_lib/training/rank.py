@@ -38,12 +38,17 @@ class TrainJob:
     output_dir: str = field(metadata={"help": "final model directory (safetensors + tokenizer)"})
     checkpoint_dir: str = field(metadata={"help": "DeepSpeed/Trainer checkpoints (resume from here)"})
     preset: str = field(default="default", metadata={"help": "model size preset (echo_lib.agent.presets)"})
-    objective: Literal["clm", "sft", "dpo", "kto"] = field(
+    objective: Literal["clm", "blocks", "sft", "dpo", "kto"] = field(
         default="clm",
         metadata={
-            "help": "clm: next-token prediction on token blocks (.npy); sft / dpo / kto: TRL's trainers on "
-            "a Parquet of prompt/completion, prompt/chosen/rejected or prompt/completion/label rows"
+            "help": "clm: next-token prediction on token blocks (.npy); blocks: weighted next-token loss on "
+            "a Parquet of input_ids/loss_weights/negative_ids rows (echo_lib.training.recipe); sft / dpo / "
+            "kto: TRL's trainers on a Parquet of prompt/completion, prompt/chosen/rejected or "
+            "prompt/completion/label rows"
         },
+    )
+    unlikelihood: float = field(
+        default=0.0, metadata={"help": "blocks: weight of the rejected proposals' unlikelihood term"}
     )
     beta: float = field(default=0.1, metadata={"help": "DPO/KTO temperature of the implicit reward"})
     max_length: int | None = field(
@@ -85,8 +90,10 @@ class TrainJob:
             problems.append("micro_batch_size and grad_accum must be positive")
         if not 0 < self.learning_rate < 1:
             problems.append("learning_rate must be in (0, 1)")
-        if self.objective not in ("clm", "sft", "dpo", "kto"):
-            problems.append(f"objective must be clm, sft, dpo or kto, not {self.objective!r}")
+        if self.objective not in ("clm", "blocks", "sft", "dpo", "kto"):
+            problems.append(f"objective must be clm, blocks, sft, dpo or kto, not {self.objective!r}")
+        if self.unlikelihood < 0:
+            problems.append("unlikelihood must be >= 0")
         if self.objective in ("dpo", "kto") and not self.init_model:
             problems.append(f"{self.objective} refines an existing model: init_model is required")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -326,15 +333,20 @@ def run(job: TrainJob) -> dict[str, Any]:
         tokens_per_step = 0  # variable-length rows: the trainer counts tokens seen instead
         common["include_num_input_tokens_seen"] = "non_padding"
     counter = TokenCounter(None)
-    logger = _mlflow_callback(job, tokens_per_step, counter if job.objective in ("clm", "sft") else None)
+    logger = _mlflow_callback(
+        job, tokens_per_step, counter if job.objective in ("clm", "blocks", "sft") else None
+    )
     trainer = _trainer(job, model, tokenizer, dataset, common, logger)
     counter.collate = trainer.data_collator
     trainer.data_collator = counter
+    resume = bool(job.resume and _has_checkpoint(job.checkpoint_dir))
+    resumed_counts = _counted_at_checkpoint(job.checkpoint_dir, rank) if resume else (0, 0)
+    counter.tokens, counter.loss_tokens = resumed_counts
+    trainer.add_callback(_counts_callback(job.checkpoint_dir, rank, counter))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per log instead
     start = time.perf_counter()
-    resume = bool(job.resume and _has_checkpoint(job.checkpoint_dir))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     trainer.save_model(job.output_dir)  # collective under ZeRO-3; writes on rank 0 only
@@ -360,11 +372,13 @@ def run(job: TrainJob) -> dict[str, Any]:
         "history": logger.history,
     }
     report["tokens_per_s"] = report["tokens"] / seconds if seconds > 0 else None
-    if batch_tokens:  # clm and sft batches carry labels; all ranks, this launch only
+    reports = Path(job.checkpoint_dir) / "reports"
+    if batch_tokens:  # clm, blocks and sft batches carry labels; all ranks
+        # the counter started from the checkpoint's counts: the whole run's supervision, every launch
         report["loss_tokens"] = batch_loss_tokens
         report["prompt_tokens"] = batch_tokens - batch_loss_tokens
-        report["loss_tokens_per_s"] = batch_loss_tokens / seconds if seconds > 0 else None
-    reports = Path(job.checkpoint_dir) / "reports"
+        launch = batch_loss_tokens - _all_ranks_sum([resumed_counts[1]])[0]
+        report["loss_tokens_per_s"] = launch / seconds if seconds > 0 else None
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"rank{rank}.json").write_text(json.dumps(report, indent=2))
     if rank == 0:
@@ -372,7 +386,40 @@ def run(job: TrainJob) -> dict[str, Any]:
     return report
 
 
+def _counts_path(checkpoint_dir: str, rank: int, step: int) -> Path:
+    return Path(checkpoint_dir) / "reports" / f"counted-rank{rank}-step{step}.json"
+
+
+def _counted_at_checkpoint(checkpoint_dir: str, rank: int) -> tuple[int, int]:
+    """(tokens, loss tokens) this rank had counted when the checkpoint a resume starts from was
+    saved: the steps before it were trained by earlier launches and count too."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(checkpoint_dir)
+    step = int(last.rsplit("-", 1)[-1]) if last else 0
+    path = _counts_path(checkpoint_dir, rank, step)
+    if not path.is_file():
+        return 0, 0
+    counted = json.loads(path.read_text())
+    return int(counted["tokens"]), int(counted["loss_tokens"])
+
+
+def _counts_callback(checkpoint_dir: str, rank: int, counter: TokenCounter):
+    from transformers import TrainerCallback
+
+    class CountsAtSave(TrainerCallback):
+        """Keep what this rank counted with each checkpoint, so a resume adds it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            path = _counts_path(checkpoint_dir, rank, state.global_step)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"tokens": counter.tokens, "loss_tokens": counter.loss_tokens}))
+
+    return CountsAtSave()
+
+
 ROW_COLUMNS = {
+    "blocks": ("input_ids", "loss_weights", "negative_ids"),
     "sft": (
         "input_ids",
         "completion_mask",
@@ -405,6 +452,18 @@ def _trainer(job: TrainJob, model, tokenizer, dataset, common: dict[str, Any], l
     if job.objective == "clm":
         return Trainer(
             model=model, args=TrainingArguments(**common), train_dataset=dataset, callbacks=[logger]
+        )
+    if job.objective == "blocks":
+        from echo_lib.training.weighted import collate_blocks, trainer_class
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return trainer_class()(
+            model=model,
+            args=TrainingArguments(**common, remove_unused_columns=False),
+            train_dataset=dataset,
+            data_collator=collate_blocks(pad),
+            callbacks=[logger],
+            unlikelihood=job.unlikelihood,
         )
     if job.objective == "sft":
         from trl import SFTConfig, SFTTrainer

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from echo_lib.core.config import EchoConfig
 from echo_lib.core.lake import UnvouchedPartition, arrow_fs, gold_dates, read_manifest, vouched_gold_partition
+from echo_lib.training import sources
 from echo_lib.world import corpus
 
 if TYPE_CHECKING:
@@ -293,23 +294,12 @@ def replay_count(gold_rows: int, share: float) -> int:
 def replay_blocks(
     texts: list[str], count: int, tokenizer, block_len: int, seed: int, *, source: str = "replay"
 ) -> list[dict[str, Any]]:
-    """``count`` full-loss blocks of random stretches of ``texts`` (as in pretraining): replay of
-    public code measured in loss tokens, or a team's own files for the baselines."""
-    rng = random.Random(seed)
-    docs = [t for t in texts if len(t) > 200]
-    rows: list[dict[str, Any]] = []
-    attempts = 0
-    while docs and len(rows) < count and attempts < count * 20:
-        attempts += 1
-        text = rng.choice(docs)
-        start = rng.randrange(0, max(1, len(text) - block_len * 4))
-        start = text.find("\n", start) + 1 if start else 0  # begin at a line start, as code does
-        ids = tokenizer(text[start : start + block_len * 6], add_special_tokens=False)["input_ids"][
-            :block_len
-        ]
-        if len(ids) >= block_len // 2:
-            rows.append(_full_loss_row(ids, source))
-    return rows
+    """``count`` full-loss blocks of random stretches of ``texts`` (as in pretraining) for the rows
+    recipe: replay of public code measured in loss tokens, or a team's own files for the baselines."""
+    from echo_lib.training.recipe import file_blocks
+
+    drawn = file_blocks(texts, count, tokenizer, block_len, seed, source=source, min_tokens=block_len // 2)
+    return [_full_loss_row(r["input_ids"], source) for r in drawn]
 
 
 def context_blocks(records: list[dict[str, Any]], tokenizer, block_len: int) -> list[dict[str, Any]]:
@@ -554,11 +544,34 @@ def _plan(
         control=control,
         baseline=baseline,
     )
+    per_step = preset.micro_batch_size * preset.grad_accum * world
+    blocks = learn.recipe == "blocks"
     try:
         for i, stage in enumerate(STAGES[objective]):
             records = gold[stage].to_dict("records")
-            rows, dropped = shape_rows(stage, records, tokenizer, context, window)
-            if stage == "sft":
+            info: dict[str, Any] = {}
+            if stage == "sft" and blocks:  # every arm: the same full-loss blocks budget
+                rows, info = sources.plan_blocks(
+                    cfg,
+                    baseline=baseline,
+                    sft=gold[stage],
+                    preference=_optional_gold(lake, "preference", dates),
+                    tokenizer=tokenizer,
+                    block_len=context,
+                    rows_per_step=per_step,
+                    steps=max_steps or learn.max_steps or None,
+                    public_texts=public_texts,
+                    window_end=dates[-1],
+                )
+                dropped, planned_rows = {}, len(rows)
+                progress(
+                    f"blocks: {info['rows']:,} of {context} tokens ({info['replay_rows']:,} replay), "
+                    f"{info['loss_tokens']:,} loss tokens ({info['team_loss_tokens']:,} of team code), "
+                    f"{info['window_session_blocks']:,} session blocks in the window"
+                )
+            else:
+                rows, dropped = shape_rows(stage, records, tokenizer, context, window)
+            if stage == "sft" and not blocks:
                 # loss tokens, not rows: the code around each refinement, then public-code replay
                 extra = context_blocks(records, tokenizer, context) if learn.context_loss else []
                 replay_tokens = replay_count(loss_tokens(rows) + loss_tokens(extra), learn.replay_share)
@@ -588,7 +601,7 @@ def _plan(
                         team, count, tokenizer, context, learn.seed + 103, source="team-experience"
                     )
                 rows += extra + replay
-            else:
+            elif not info:  # kto, dpo
                 n_replay = replay_count(len(rows), learn.replay_share) if stage != "dpo" else 0
                 replay, _ = shape_rows(
                     stage, replay_records(public_texts, n_replay, learn.seed + i), tokenizer, context, window
@@ -608,16 +621,21 @@ def _plan(
             data_path = work / f"{stage}.parquet"
             frame = pd.DataFrame(rows)
             frame.to_parquet(data_path, index=False)
-            per_step = preset.micro_batch_size * preset.grad_accum * world
             # every arm trains the steps the gold arm would: equal compute
-            steps = max_steps or learn.max_steps or default_steps(planned_rows, per_step, learn.max_steps_cap)
+            steps = (
+                info.get("steps")
+                or max_steps
+                or learn.max_steps
+                or default_steps(planned_rows, per_step, learn.max_steps_cap)
+            )
             job = TrainJob(
                 data_path=str(data_path),
                 tokenizer_path=str(parent_dir),
                 output_dir=str(work / f"model-{stage}"),
                 checkpoint_dir=str(cfg.checkpoint_dir / "train" / plan.run_id / stage),
                 preset=preset.name,
-                objective=stage,
+                objective="blocks" if info else stage,
+                unlikelihood=learn.unlikelihood if info else 0.0,
                 init_model=str(parent_dir),
                 max_steps=steps,
                 micro_batch_size=preset.micro_batch_size,
@@ -649,7 +667,11 @@ def _plan(
                     "rows": len(frame),
                     "replay_rows": int((frame["source"] == "replay").sum()),
                     "context_rows": int((frame["source"] == "context").sum()),
-                    "loss_tokens": loss_tokens(rows) if stage == "sft" else None,
+                    "loss_tokens": (info.get("loss_tokens") or loss_tokens(rows)) if stage == "sft" else None,
+                    "team_loss_tokens": info.get("team_loss_tokens", _team_loss_tokens(rows))
+                    if stage == "sft"
+                    else None,
+                    "recipe": info or None,
                     "dropped": dropped,
                     "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest(),
                 }
@@ -662,6 +684,20 @@ def _plan(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return plan
+
+
+def _team_loss_tokens(rows: list[dict[str, Any]]) -> int:
+    """Loss tokens of the rows that are not public code (the rows recipe)."""
+    return loss_tokens([r for r in rows if r.get("source") not in ("replay", "public")])
+
+
+def _optional_gold(lake: str, table: str, dates: list[str]) -> pd.DataFrame | None:
+    """``table``'s rows for ``dates``, or None where a date lacks it (weights then see every
+    request as accepted as shown)."""
+    try:
+        return read_gold(lake, table, dates)
+    except TrainError:
+        return None
 
 
 def _log_plan(cfg: EchoConfig, client, plan: TrainPlan, gold: dict[str, pd.DataFrame], procs: int) -> None:
@@ -735,6 +771,7 @@ def _stage_summary(stage: dict[str, Any]) -> dict[str, Any]:
         "replay_rows": stage["replay_rows"],
         "context_rows": stage.get("context_rows", 0),
         "loss_tokens_per_epoch": stage.get("loss_tokens"),
+        "team_loss_tokens": stage.get("team_loss_tokens"),
         **{k: report.get(k) for k in keep},
     }
 
