@@ -100,7 +100,18 @@ def test_an_orphaned_sandbox_is_not_resumed_silently(var_dir: Path) -> None:
 
 def measurement(accepted: list[int], shown: list[int], retained: list[int]) -> dict:
     sessions = [
-        {"session_id": f"x{i}", "requests": 10, "shown": s, "accepted": a, "retained_chars": r}
+        {
+            "session_id": f"x{i}",
+            "requests": 10,
+            "shown": s,
+            "accepted": a,
+            "retained_chars": r,
+            # the first 4 requests' lines also stand in experience files; they got every acceptance
+            "requests_seen": 4,
+            "shown_seen": s,
+            "accepted_seen": a,
+            "retained_chars_seen": r,
+        }
         for i, (a, s, r) in enumerate(zip(accepted, shown, retained, strict=True))
     ]
     return {"version": "1", "per_session": sessions}
@@ -171,6 +182,8 @@ def test_report_pairs_every_difference_and_judges_the_targets(
     assert "](results/flywheel-unit-acceptance.png)" in text
     # each seed's arm-rounds, with the calibration split a screen selects by, and team-code tokens
     assert "| 1 | echo | 0 | v2 | 1,000 | 700 | 25.00% | 0.500 | v2 |" in text
+    # held-out lines also in experience files, apart from the rest: 40% of requests, all the gain
+    assert "| 3 | echo | 40.0% | 40.00% [" in text and "| 0.000 [0.000, 0.000] |" in text
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     # a round some arm has not finished is not reported as if it had
     del data["cells"]["s0/control/r3"]

@@ -368,3 +368,27 @@ def test_echoctl_world_progress_in_a_log_is_lines(real_files, capsys) -> None:
 
     events = run_world("simulating", day)
     assert f"simulating: 3/3 sessions, {events:,} events, " in capsys.readouterr().err
+
+
+def test_per_session_splits_requests_by_whether_their_line_was_seen(real_files) -> None:
+    """The held-out split of a report: requests whose real line also stands in other files."""
+    from echo_lib.world.simulate import per_session
+
+    source = real_files[0]
+    spec = spec_for(source, random.Random(3), 3)
+    result = drive(spec, BehaviourParams(), oracle(source.text, random.Random(3)))
+    assert len(result.request_offsets) == result.requests > 0
+    everything = corpus.line_set([source.text])
+    [all_seen] = per_session([result], everything)
+    assert all_seen["requests_seen"] <= all_seen["requests"]  # short lines are never "seen"
+    assert all_seen["shown_seen"] <= all_seen["shown"] and all_seen["accepted_seen"] <= all_seen["accepted"]
+    [none_seen] = per_session([result], set())
+    assert none_seen["requests_seen"] == none_seen["shown_seen"] == none_seen["retained_chars_seen"] == 0
+    [plain] = per_session([result])
+    assert "requests_seen" not in plain and plain["requests"] == all_seen["requests"]
+    # a request counts as seen exactly when its line of the real file is in the set
+    lines = [
+        source.text[source.text.rfind("\n", 0, o) + 1 :].split("\n", 1)[0] for o in result.request_offsets
+    ]
+    expected = sum(line.strip() in everything for line in lines)
+    assert all_seen["requests_seen"] == expected

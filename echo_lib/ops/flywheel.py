@@ -107,6 +107,8 @@ COMPARISONS = (
     ("echo", "repo"),
 )
 STEPS = ("world", "nightly", "train", "gate", "measure")
+# per-session counts of the requests whose held-out line also stands in experience files
+SEEN_KEYS = ("requests_seen", "shown_seen", "accepted_seen", "retained_chars_seen")
 # The gate promotes a challenger that beats the champion on the evaluation's held-out sessions; a
 # champion measured again on those sessions would be scored on the sample that selected it. The
 # report measures every champion on other held-out sessions (the same files, other developers).
@@ -657,13 +659,13 @@ def measure(acfg: EchoConfig, settings: Settings, seed: int, version: str, say: 
     )
     sessions = online["per_session"]
     shown = bootstrap_ratio([s["shown"] for s in sessions], [s["requests"] for s in sessions])
-    keep = ("session_id", "requests", "shown", "accepted", "retained_chars")
+    keep = ("session_id", "requests", "shown", "accepted", "retained_chars", *SEEN_KEYS)
     return {
         "version": str(version),
         "acceptance": [online["acceptance_rate"], online["ci_low"], online["ci_high"]],
         "retained": [online["retained_per_request"], online["retained_ci_low"], online["retained_ci_high"]],
         "shown_rate": [shown["value"], shown["ci_low"], shown["ci_high"]],
-        "per_session": [{k: s[k] for k in keep} for s in sessions],
+        "per_session": [{k: s[k] for k in keep if k in s} for s in sessions],
     }
 
 

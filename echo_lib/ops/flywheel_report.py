@@ -211,6 +211,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], plots: list[Path]) -
                 f"| {fmt(c['shown_rate'], 'dpct')} |"
             )
     lines += per_seed(data)
+    lines += overlap_split(data, summary)
     lines += ["", "### Targets", "", "| target | measured | verdict |", "| --- | --- | --- |"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(data, summary)]
     seconds = sum(c["seconds"] for c in summary["cells"].values())
@@ -259,6 +260,44 @@ def per_seed(data: dict[str, Any]) -> list[str]:
             f"| {fmt(held['shown_rate'], 'pct')} |"
         )
     return lines if len(lines) > 8 else []
+
+
+COUNTS = ("requests", "shown", "accepted", "retained_chars")
+
+
+def _part(sessions: list[dict[str, Any]], seen: bool) -> list[dict[str, Any]]:
+    """Each session's counts over the requests whose line also stands in experience files (or the
+    others)."""
+    return [
+        {"session_id": s["session_id"]}
+        | {k: s[f"{k}_seen"] if seen else s[k] - s[f"{k}_seen"] for k in COUNTS}
+        for s in sessions
+    ]
+
+
+def overlap_split(data: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Acceptance and retained characters on held-out lines that also stand verbatim in experience
+    files (any arm trained on those files has seen them) and on the rest, per finished arm-round."""
+    lines = [
+        "",
+        "### Held-out lines also in experience files, and the rest",
+        "",
+        "| round | arm | requests on seen lines | acceptance among shown: seen | acceptance: unseen "
+        "| retained chars / request: seen | retained: unseen |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm, r in sorted(summary["cells"], key=lambda k: (k[1], data["settings"]["arms"].index(k[0]))):
+        sessions = pooled(data, arm, r)
+        if not sessions or any("requests_seen" not in s for s in sessions):
+            continue  # measured before the split was recorded
+        seen, unseen = _part(sessions, True), _part(sessions, False)
+        share = sum(s["requests"] for s in seen) / max(1, sum(s["requests"] for s in sessions))
+        acc, ret = GAINS["acceptance"], GAINS["retained"]
+        lines.append(
+            f"| {r} | {arm} | {share:.1%} | {fmt(ratio(seen, *acc), 'pct')} | {fmt(ratio(unseen, *acc), 'pct')} "
+            f"| {fmt(ratio(seen, *ret), 'num')} | {fmt(ratio(unseen, *ret), 'num')} |"
+        )
+    return lines if len(lines) > 6 else []
 
 
 def plot(data: dict[str, Any], summary: dict[str, Any], folder: Path) -> list[Path]:

@@ -33,7 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-MIN_LINE_CHARS = 20  # as build-dataset's decontamination: shorter lines are idioms, not leaks
+from echo_lib.world import corpus
+
+MIN_LINE_CHARS = corpus.MIN_LINE_CHARS  # as build-dataset's decontamination
 IGNORE = -100  # no negative token at this position
 
 # what each random draw is for; the seed of a draw is derived from (learn.seed, window end, purpose)
@@ -48,9 +50,7 @@ def data_seed(base: int, window_end: str, purpose: str) -> int:
 
 def heldout_line_set(texts: Iterable[str]) -> set[str]:
     """Stripped lines of held-out files long enough to count as evaluation code."""
-    return {
-        line.strip() for text in texts for line in text.splitlines() if len(line.strip()) >= MIN_LINE_CHARS
-    }
+    return corpus.line_set(texts)
 
 
 def without_lines(text: str, lines: set[str]) -> str:

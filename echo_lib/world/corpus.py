@@ -87,6 +87,16 @@ class Scan:
         return {"files": dict(sorted(counts.items())), "skipped": dict(sorted(self.skipped.items()))}
 
 
+MIN_LINE_CHARS = 20  # a shared line shorter than this is an idiom, not a leak of evaluation code
+
+
+def line_set(texts: Iterable[str]) -> set[str]:
+    """The stripped lines of ``texts`` long enough to tell code apart (decontamination's unit)."""
+    return {
+        line.strip() for text in texts for line in text.splitlines() if len(line.strip()) >= MIN_LINE_CHARS
+    }
+
+
 def path_bucket(repo: str, rel_path: str) -> int:
     """0..99, from the repo name and the POSIX relative path only."""
     return int(hashlib.sha256(f"{repo}/{rel_path}".encode()).hexdigest()[:8], 16) % 100

@@ -188,7 +188,13 @@ def measure_acceptance(
     summary.update(
         split=split, seed=seed, model_version=engine.model_version, seconds=time.perf_counter() - start
     )
-    summary["per_session"] = per_session(results)
+    # held-out code that also stands in experience files: what any model trained on them has seen
+    seen = (
+        corpus.line_set(f.text for f in world_files(cfg, "experience", corpus_dirs))
+        if split == "heldout"
+        else None
+    )
+    summary["per_session"] = per_session(results, seen)
     if log_to_mlflow:
         summary["mlflow_run_id"] = _log_acceptance(cfg, summary)
     if keep_results:

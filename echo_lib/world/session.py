@@ -74,6 +74,7 @@ class SessionResult:
     requests: int
     final_doc: str
     triggers: dict[str, int] = field(default_factory=dict)
+    request_offsets: list[int] = field(default_factory=list)  # where in spec.text each request fired
 
 
 def _trigger_kind(text: str, pos: int, line_start: int) -> str | None:
@@ -116,6 +117,7 @@ class _Session:
         self.shown: list[ShownRecord] = []
         self.pending: list[tuple[datetime, str, int, int]] = []  # (due, request_id, age, offset)
         self.requests = 0
+        self.request_offsets: list[int] = []
         self.trigger_counts = {"line_start": 0, "mid_line": 0}
         base = int(hashlib.sha256(str(spec.seed).encode()).hexdigest()[:15], 16)
         self.rng_ids = random.Random(base + 1)
@@ -317,6 +319,7 @@ class _Session:
             if kind:
                 self.trigger_counts[kind] += 1
                 self.requests += 1
+                self.request_offsets.append(pos)
                 proposal = yield CompletionRequest(
                     self.doc[max(0, pos - PREFIX_WINDOW) : pos], self.doc[pos : pos + SUFFIX_WINDOW]
                 )
@@ -347,7 +350,13 @@ class _Session:
         self.emit("doc_saved", content_sha256=hashlib.sha256(self.doc.encode()).hexdigest())
         self.emit("session_end", doc_len=len(self.doc))
         return SessionResult(
-            self.spec, self.events, self.shown, self.requests, self.doc, dict(self.trigger_counts)
+            self.spec,
+            self.events,
+            self.shown,
+            self.requests,
+            self.doc,
+            dict(self.trigger_counts),
+            list(self.request_offsets),
         )
 
 

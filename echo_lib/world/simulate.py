@@ -164,18 +164,37 @@ def retained_chars(record) -> int:
     return sum(b.size for b in blocks)
 
 
-def per_session(results: Sequence[SessionResult]) -> list[dict[str, Any]]:
-    """What each session's developer got: requests, shown, accepted, accepted-and-retained chars."""
-    return [
-        {
+def per_session(results: Sequence[SessionResult], seen_lines: set[str] | None = None) -> list[dict[str, Any]]:
+    """What each session's developer got: requests, shown, accepted, accepted-and-retained chars.
+
+    With ``seen_lines`` (stripped lines of the training-side files), the same four counts again,
+    ``*_seen``, for the requests whose line of the real file is one of them: held-out code that
+    also stands verbatim in experience files, which any model trained on those files has seen."""
+    rows = []
+    for r in results:
+        row = {
             "session_id": r.spec.session_id,
             "requests": r.requests,
             "shown": len(r.shown),
             "accepted": sum(s.reaction.startswith("accept") for s in r.shown),
             "retained_chars": sum(retained_chars(s) for s in r.shown),
         }
-        for r in results
-    ]
+        if seen_lines is not None:
+            seen = [_line_at(r.spec.text, o).strip() in seen_lines for o in r.request_offsets]
+            shown = [s for s in r.shown if _line_at(r.spec.text, s.offset).strip() in seen_lines]
+            row.update(
+                requests_seen=sum(seen),
+                shown_seen=len(shown),
+                accepted_seen=sum(s.reaction.startswith("accept") for s in shown),
+                retained_chars_seen=sum(retained_chars(s) for s in shown),
+            )
+        rows.append(row)
+    return rows
+
+
+def _line_at(text: str, offset: int) -> str:
+    end = text.find("\n", offset)
+    return text[text.rfind("\n", 0, offset) + 1 : end if end >= 0 else len(text)]
 
 
 def acceptance_summary(results: Sequence[SessionResult], *, seed: int = 0) -> dict[str, Any]:
