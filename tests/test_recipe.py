@@ -181,3 +181,40 @@ def test_weighted_loss_is_cross_entropy_at_unit_weights_and_unlikelihood_pushes_
     total.backward()
     # the gradient at the negative's position raises nothing on the negative token's logit
     assert logits.grad[0, 2, negatives[0, 3]].item() > 0  # loss grows with that logit: descent lowers it
+
+
+def test_short_files_fill_whole_blocks_and_a_budget_that_cannot_be_met_fails(tokenizer) -> None:
+    short = ["x = 1\ny = 2\n", "def f():\n    return 3\n", "import os\nprint(os.sep)\n"]
+    blocks = recipe.file_blocks(short, 10, tokenizer, BLOCK, seed=0, source="team")
+    assert len(blocks) == 10 and all(len(b["input_ids"]) == BLOCK for b in blocks)
+    assert tokenizer.eos_token_id in blocks[0]["input_ids"]  # files joined as a stream
+    budget = recipe.Budget(steps=2, rows_per_step=4, block_len=BLOCK)
+    with pytest.raises(ValueError, match="cannot fill a step"):
+        recipe.arm_rows(
+            budget,
+            tokenizer=tokenizer,
+            replay_share=0.25,
+            public_texts=[],
+            team_texts=short,
+            seed=0,
+            window_end="2026-01-05",
+        )
+
+
+@pytest.mark.parametrize(
+    ("kept", "proposal"),
+    [
+        ("        end += 1", "zzz"),
+        ("    return value", "            return value"),
+        ("foo_bar(x)", "foo_baz(y)"),
+    ],
+    ids=["other-code", "other-indent", "mid-word"],
+)
+def test_a_rejected_proposal_always_yields_its_diverging_token(tokenizer, kept: str, proposal: str) -> None:
+    prompt = "def f(value):\n"
+    hit = recipe._diverging_token(tokenizer, prompt, kept + "\n", proposal)
+    assert hit is not None
+    index, token = hit
+    kept_ids = tokenizer(prompt + kept + "\n", add_special_tokens=False)["input_ids"]
+    prop_ids = tokenizer(prompt + proposal, add_special_tokens=False)["input_ids"]
+    assert kept_ids[:index] == prop_ids[:index] and token == prop_ids[index] != kept_ids[index]

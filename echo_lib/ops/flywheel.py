@@ -163,6 +163,10 @@ def settings_for(
             "preference pairs, the accepted harvest has no rejected code, and a two-stage objective would "
             "double the steps), so the comparison needs learn.objective=sft"
         )
+    if "echo-ul" in arms and cfg.learn.recipe == "rows":
+        raise FlywheelError(
+            "echo-ul's unlikelihood term lives in the blocks recipe: it needs learn.recipe=blocks"
+        )
     if "echo+repo" in arms and cfg.learn.recipe == "rows" and not cfg.learn.context_loss:
         raise FlywheelError(
             "echo+repo replaces context blocks with team files: it needs learn.context_loss=true"

@@ -178,15 +178,24 @@ class TokenCounter:
         self.collate = collate
         self.tokens = 0
         self.loss_tokens = 0
+        self.last = (0, 0)  # the newest batch's (tokens, loss tokens)
 
     def __call__(self, features):
         batch = self.collate(features)
         labels, mask = batch.get("labels"), batch.get("attention_mask")
         if labels is not None:
-            self.tokens += int(mask.sum()) if mask is not None else labels.numel()
+            tokens = int(mask.sum()) if mask is not None else labels.numel()
             # causal LM: the first label of each row is never predicted
-            self.loss_tokens += int((labels[:, 1:] != -100).sum())
+            loss_tokens = int((labels[:, 1:] != -100).sum())
+            self.tokens += tokens
+            self.loss_tokens += loss_tokens
+            self.last = (tokens, loss_tokens)
         return batch
+
+    def trained(self) -> tuple[int, int]:
+        """(tokens, loss tokens) of the batches trained so far: accelerate's loader collates one
+        batch ahead of the step that uses it (measured: a resume counted it twice)."""
+        return self.tokens - self.last[0], self.loss_tokens - self.last[1]
 
 
 PROGRESS_PREFIX = "train: step "  # the launcher forwards lines carrying it to the console
@@ -387,18 +396,21 @@ def run(job: TrainJob) -> dict[str, Any]:
 
 
 def _counts_path(checkpoint_dir: str, rank: int, step: int) -> Path:
-    return Path(checkpoint_dir) / "reports" / f"counted-rank{rank}-step{step}.json"
+    """Beside the checkpoint's own files, so it rotates with them."""
+    return Path(checkpoint_dir) / f"checkpoint-{step}" / f"echo-counted-rank{rank}.json"
 
 
 def _counted_at_checkpoint(checkpoint_dir: str, rank: int) -> tuple[int, int]:
-    """(tokens, loss tokens) this rank had counted when the checkpoint a resume starts from was
-    saved: the steps before it were trained by earlier launches and count too."""
+    """(tokens, loss tokens) this rank had trained when the checkpoint a resume starts from was
+    saved (the Trainer resumes from ``get_last_checkpoint`` too): earlier launches' steps count."""
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(checkpoint_dir)
-    step = int(last.rsplit("-", 1)[-1]) if last else 0
-    path = _counts_path(checkpoint_dir, rank, step)
-    if not path.is_file():
+    path = _counts_path(checkpoint_dir, rank, int(last.rsplit("-", 1)[-1])) if last else None
+    if path is None or not path.is_file():
+        print(
+            f"warning: {last} has no token counts; the run's loss tokens count this launch only", flush=True
+        )
         return 0, 0
     counted = json.loads(path.read_text())
     return int(counted["tokens"]), int(counted["loss_tokens"])
@@ -413,7 +425,8 @@ def _counts_callback(checkpoint_dir: str, rank: int, counter: TokenCounter):
         def on_save(self, args, state, control, **kwargs):
             path = _counts_path(checkpoint_dir, rank, state.global_step)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"tokens": counter.tokens, "loss_tokens": counter.loss_tokens}))
+            tokens, loss_tokens = counter.trained()
+            path.write_text(json.dumps({"tokens": tokens, "loss_tokens": loss_tokens}))
 
     return CountsAtSave()
 

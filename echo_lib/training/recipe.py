@@ -107,15 +107,18 @@ def session_texts(
         if tail and sum(line in seen for line in tail) >= 0.8 * len(tail):
             # a shorter stretch of code already kept: weigh its refinement where it stands there
             anchor = prompt[-80:] + kept.rstrip("\n")
-            for index in seen.get(tail[-1], [])[:8]:
+            found = False
+            for index in seen.get(tail[-1], [])[:64]:
                 at = out[index].text.find(anchor)
                 if at >= 0:
                     start = at + len(anchor) - len(kept.rstrip("\n"))
                     out[index].spans.append((start, start + len(kept.rstrip("\n")), weight))
                     if negative:
                         out[index].negatives.append((start, proposal))
+                    found = True
                     break
-            continue
+            if found:
+                continue  # else: its code differs from what was kept later; it is its own text
         for line in lines:
             seen.setdefault(line, []).append(len(out))
         item = SessionText(text, [(len(prompt), len(text), weight)])
@@ -126,26 +129,18 @@ def session_texts(
 
 
 def _diverging_token(tokenizer, prompt: str, kept: str, proposal: str) -> tuple[int, int] | None:
-    """(token index in ``prompt + kept``, proposal token id) at the first character where the
-    proposal leaves what was kept, when both texts' tokens start there alike; None when the
-    proposal is a prefix of the kept code (nothing in it was wrong)."""
-    common = 0
-    for a, b in zip(kept, proposal, strict=False):
+    """(token index in ``prompt + kept``, proposal token id) at the first token where the two texts'
+    tokens differ; None when the proposal is a prefix of the kept code (nothing in it was wrong).
+    The index may fall on the prompt's last token where BPE merges it with what follows: that is the
+    token the engine regenerates (token healing), so the negative stands where the model chose."""
+    if kept.startswith(proposal):
+        return None
+    kept_ids = tokenizer(prompt + kept, add_special_tokens=False)["input_ids"]
+    prop_ids = tokenizer(prompt + proposal, add_special_tokens=False)["input_ids"]
+    for i, (a, b) in enumerate(zip(kept_ids, prop_ids, strict=False)):
         if a != b:
-            break
-        common += 1
-    if common >= len(proposal):
-        return None
-    at = len(prompt) + common
-    kept_enc = tokenizer(prompt + kept, add_special_tokens=False, return_offsets_mapping=True)
-    prop_enc = tokenizer(prompt + proposal, add_special_tokens=False, return_offsets_mapping=True)
-    i = next((t for t, (_, end) in enumerate(kept_enc["offset_mapping"]) if end > at), None)
-    j = next((t for t, (_, end) in enumerate(prop_enc["offset_mapping"]) if end > at), None)
-    if i is None or j is None or kept_enc["offset_mapping"][i][0] != prop_enc["offset_mapping"][j][0]:
-        return None
-    if kept_enc["input_ids"][i] == prop_enc["input_ids"][j]:
-        return None
-    return i, prop_enc["input_ids"][j]
+            return i, b
+    return None
 
 
 def weighted_blocks(
@@ -202,25 +197,39 @@ def _weighted_row(ids: list[int], raw: list[float], negative: list[int], source:
 
 
 def file_blocks(
-    texts: list[str], count: int, tokenizer, block_len: int, seed: int, *, source: str, min_tokens: int = 0
+    texts: list[str],
+    count: int,
+    tokenizer,
+    block_len: int,
+    seed: int,
+    *,
+    source: str,
+    min_tokens: int = 0,
 ) -> list[dict[str, Any]]:
-    """``count`` full-loss blocks of ``block_len`` tokens, random stretches of ``texts`` starting at
-    a line start (fewer where the texts are too short for full blocks; ``min_tokens`` accepts
-    shorter ones, as the rows recipe does)."""
+    """``count`` full-loss blocks of ``block_len`` tokens: a random file from a random line start,
+    continued (EOS between) by other random files until the block is full, so short files are
+    drawn too. With ``min_tokens`` (the rows recipe), one stretch of one file of at least that
+    many tokens instead."""
     rng = random.Random(seed)
-    docs = [t for t in texts if len(t) > 200]
+    docs = [t for t in texts if len(t) > 200] if min_tokens else [t for t in texts if t.strip()]
     rows: list[dict[str, Any]] = []
     attempts = 0
     while docs and len(rows) < count and attempts < count * 20:
         attempts += 1
         text = rng.choice(docs)
         start = rng.randrange(0, max(1, len(text) - block_len * 4))
-        start = text.find("\n", start) + 1 if start else 0
+        start = text.find("\n", start) + 1 if start else 0  # begin at a line start, as code does
         ids = tokenizer(text[start : start + block_len * 6], add_special_tokens=False)["input_ids"][
             :block_len
         ]
-        if len(ids) >= (min_tokens or block_len):  # full blocks: every arm's step, the same tokens
-            rows.append(plain_block(ids, source))
+        if min_tokens:
+            if len(ids) >= min_tokens:
+                rows.append(plain_block(ids, source))
+            continue
+        while len(ids) < block_len:
+            more = rng.choice(docs)[: block_len * 6]
+            ids = [*ids, tokenizer.eos_token_id, *tokenizer(more, add_special_tokens=False)["input_ids"]]
+        rows.append(plain_block(ids[:block_len], source))
     return rows
 
 
@@ -301,6 +310,11 @@ def arm_rows(
             drawn_seed = data_seed(seed, window_end, purpose)
             drawn = file_blocks(texts, count, tokenizer, budget.block_len, drawn_seed, source=source)
             rows += cycle_to(drawn, count, drawn_seed)  # a small corpus repeats rather than shrinks
+    if len(rows) != n:
+        raise ValueError(
+            f"{len(rows)} blocks for a budget of {n}: the arm's code cannot fill a step "
+            f"({n_sessions} session, {n_team} team, {n_public} public, {n_replay} replay blocks wanted)"
+        )
     random.Random(data_seed(seed, window_end, "shuffle")).shuffle(rows)
     own = [r for r in rows if r["source"] not in ("replay", "public")]
     info = {

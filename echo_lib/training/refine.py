@@ -555,7 +555,7 @@ def _plan(
                     cfg,
                     baseline=baseline,
                     sft=gold[stage],
-                    preference=_optional_gold(lake, "preference", dates),
+                    preference=_optional_gold(lake, "preference", dates, progress),
                     tokenizer=tokenizer,
                     block_len=context,
                     rows_per_step=per_step,
@@ -691,12 +691,17 @@ def _team_loss_tokens(rows: list[dict[str, Any]]) -> int:
     return loss_tokens([r for r in rows if r.get("source") not in ("replay", "public")])
 
 
-def _optional_gold(lake: str, table: str, dates: list[str]) -> pd.DataFrame | None:
+def _optional_gold(
+    lake: str, table: str, dates: list[str], progress: Callable[[str], None]
+) -> pd.DataFrame | None:
     """``table``'s rows for ``dates``, or None where a date lacks it (weights then see every
-    request as accepted as shown)."""
+    request as accepted as shown, and there are no negatives: said, not silent)."""
     try:
         return read_gold(lake, table, dates)
-    except TrainError:
+    except TrainError as exc:
+        progress(
+            f"warning: no gold/{table} for the window ({exc}); every request weighs as accepted as shown"
+        )
         return None
 
 

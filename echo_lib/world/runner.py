@@ -188,7 +188,7 @@ def measure_acceptance(
     summary.update(
         split=split, seed=seed, model_version=engine.model_version, seconds=time.perf_counter() - start
     )
-    # held-out code that also stands in experience files: what any model trained on them has seen
+    # held-out code that also stands in experience files (shared idioms): reported apart
     seen = (
         corpus.line_set(f.text for f in world_files(cfg, "experience", corpus_dirs))
         if split == "heldout"

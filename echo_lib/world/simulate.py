@@ -169,7 +169,8 @@ def per_session(results: Sequence[SessionResult], seen_lines: set[str] | None = 
 
     With ``seen_lines`` (stripped lines of the training-side files), the same four counts again,
     ``*_seen``, for the requests whose line of the real file is one of them: held-out code that
-    also stands verbatim in experience files, which any model trained on those files has seen."""
+    also stands verbatim in experience files (shared idioms a repo fine-tune would learn, unless
+    training text is decontaminated line by line)."""
     rows = []
     for r in results:
         row = {
