@@ -168,8 +168,14 @@ def test_report_pairs_every_difference_and_judges_the_targets(
     assert (
         verdicts["echo acceptance >= 1.4x v0 after round 3, paired CI low > 0, retained not lower"] == "met"
     )
-    assert verdicts["echo above control after round 3 (paired acceptance CI above 0)"] == "met"
-    assert verdicts["echo above naive-raw after round 3 (paired acceptance CI above 0)"] == "not measured"
+    assert (
+        verdicts["echo above control after round 3 (paired retained CI above 0, acceptance not lower)"]
+        == "met"
+    )
+    assert (
+        verdicts["echo above naive-raw after round 3 (paired retained CI above 0, acceptance not lower)"]
+        == "not measured"
+    )
 
     monkeypatch.chdir(tmp_path)  # `make flywheel` passes a relative --results-md
     results = Path("results.md")

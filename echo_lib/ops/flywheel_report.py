@@ -100,7 +100,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
 
 def targets(data: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for each of the issue's targets."""
-    r = TARGET_ROUND
+    r = min(TARGET_ROUND, data["settings"]["rounds"])  # a one-round screen is judged at round 1
     rows = []
     echo = summary["cells"].get(("echo", r))
     v0 = summary["v0"]
@@ -130,11 +130,15 @@ def targets(data: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, st
         ("echo+repo", "repo"),
     ):
         c = summary["comparisons"].get((left, right, r))
-        what = f"{left} above {right} after round {r} (paired acceptance CI above 0)"
+        # what users got first (retained characters, as GitHub's completion model is judged), and
+        # acceptance among shown not lower: acceptance alone favours short, safe proposals
+        what = f"{left} above {right} after round {r} (paired retained CI above 0, acceptance not lower)"
         if c is None:
             rows.append((what, "not run", "not measured"))
         else:
-            rows.append((what, fmt(c["acceptance"], "dpct"), "met" if c["acceptance"][1] > 0 else "not met"))
+            met = c["retained"][1] > 0 and c["acceptance"][0] >= 0
+            measured = f"retained {fmt(c['retained'], 'dnum')}; acceptance {fmt(c['acceptance'], 'dpct')}"
+            rows.append((what, measured, "met" if met else "not met"))
     rising = summary.get("echo_r5_vs_r4")
     rows.append(
         (
