@@ -213,6 +213,31 @@ def test_near_dedupe_drops_the_later_copy_from_another_session_only(spark) -> No
     assert kept == ["a", "b", "c", "e"]
 
 
+def test_kto_labels_agree_with_what_the_acceptance_metric_counts(spark) -> None:
+    from echo_lib.mining.dataset import to_kto
+
+    outcomes = {
+        "a": ("accepted_unchanged", "x = 1"),
+        "b": ("accepted_then_edited", "x = 2"),
+        "c": ("partially_accepted", "x"),
+        "d": ("rejected_rewritten", "y = 3"),
+    }
+    df = spark.createDataFrame(
+        [(rid, "p", proposal, "x = 1", outcome, "train") for rid, (outcome, proposal) in outcomes.items()],
+        "request_id string, prefix string, proposal string, final string, outcome string, split string",
+    )
+    rows = {(r["request_id"], r["completion"]): r["label"] for r in to_kto(df).collect()}
+    # the proposal: desirable wherever the metric counts an accept (edited or partial included)
+    assert {rid: rows[(rid, outcomes[rid][1])] for rid in outcomes} == {
+        "a": True,
+        "b": True,
+        "c": True,
+        "d": False,
+    }
+    # the kept code, wherever it differs from what was shown: desirable
+    assert rows[("b", "x = 1")] and rows[("d", "x = 1")] and len(rows) == 7
+
+
 def test_a_build_that_dies_before_its_manifest_leaves_the_date_unreadable_until_rebuilt(
     spark, silver: Path, monkeypatch
 ) -> None:

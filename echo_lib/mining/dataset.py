@@ -17,6 +17,7 @@ import pandas as pd
 from echo_lib.core.config import DatasetSettings
 from echo_lib.core.spark import first_per_key, schema
 from echo_lib.mining.privacy import scrub
+from echo_lib.mining.refinements import ACCEPTED_OUTCOMES
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -187,14 +188,16 @@ def to_preference(df: DataFrame) -> DataFrame:
 
 
 def to_kto(df: DataFrame) -> DataFrame:
-    """prompt, completion, label: the proposal (desirable only if kept unchanged) and the kept code."""
+    """prompt, completion, label: the proposal (desirable where the user accepted it, as the
+    acceptance metric counts: whole or in part, edited after or not) and, where the user did not
+    keep it as shown, the kept code (desirable)."""
     from pyspark.sql import functions as F
 
     proposals = df.select(
         "request_id",
         F.col("prefix").alias("prompt"),
         F.col("proposal").alias("completion"),
-        (F.col("outcome") == "accepted_unchanged").alias("label"),
+        F.col("outcome").isin(*ACCEPTED_OUTCOMES).alias("label"),
         "split",
     )
     kept = df.where(F.col("outcome") != "accepted_unchanged").select(

@@ -36,6 +36,9 @@ OUTCOMES = (
     "accepted_unsettled",
     "rejected_unsettled",
 )
+# what the acceptance metric counts as accepted (the user took the proposal, whole or in part,
+# edited or not): labels that train on outcomes must agree with it
+ACCEPTED_OUTCOMES = ("accepted_unchanged", "accepted_then_edited", "partially_accepted", "accepted_unsettled")
 SESSION_KEY = ["session_id", "request_id"]
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from echo_lib.mining.refinements import ACCEPTED_OUTCOMES, OUTCOMES
 from echo_lib.world import corpus
 
 MIN_LINE_CHARS = corpus.MIN_LINE_CHARS  # as build-dataset's decontamination
@@ -78,8 +79,8 @@ class SessionText:
     negatives: list[tuple[int, str]] = field(default_factory=list)  # (char position, proposal text)
 
 
-REJECTED = ("rejected_rewritten", "rejected_nothing_kept")  # what the metric counts as not accepted
-FIXED = (*REJECTED, "accepted_then_edited", "partially_accepted")
+FIXED = tuple(o for o in OUTCOMES if o != "accepted_unchanged")  # the user changed what was shown
+REJECTED = tuple(o for o in FIXED if o not in ACCEPTED_OUTCOMES)  # and the metric says: not accepted
 
 
 def session_texts(
