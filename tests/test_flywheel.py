@@ -188,6 +188,8 @@ def test_report_pairs_every_difference_and_judges_the_targets(
     assert "](results/flywheel-unit-acceptance.png)" in text
     # each seed's arm-rounds, with the calibration split a screen selects by, and team-code tokens
     assert "| 1 | echo | 0 | v2 | 1,000 | 700 | 25.00% | 0.500 | v2 |" in text
+    assert "| 0 | v0 | 0 | - |" in text and "| +20.00% [+" in text  # v0 per seed, and each seed's gain
+    assert "| 3 | 0 | echo - control | +20.00% [+" in text  # and each seed's paired differences
     # held-out lines also in experience files, apart from the rest: 40% of requests, all the gain
     assert "| 3 | echo | 40.0% | 40.00% [" in text and "| 0.000 [0.000, 0.000] |" in text
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)

@@ -238,8 +238,9 @@ def per_seed(data: dict[str, Any]) -> list[str]:
         "",
         "| round | arm | seed | trained | loss tokens | team-code loss tokens "
         "| calibration: acceptance among shown | calibration: retained chars / request "
-        "| champion | held-out: acceptance among shown | held-out: retained chars / request | held-out: shown rate |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| champion | held-out: acceptance among shown | held-out: retained chars / request | held-out: shown rate "
+        "| acceptance - v0 (paired, this seed) | retained - v0 (paired, this seed) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keyed = []
     for key, cell in data["cells"].items():
@@ -247,6 +248,14 @@ def per_seed(data: dict[str, Any]) -> list[str]:
         keyed.append(
             (int(r.removeprefix("r")), data["settings"]["arms"].index(arm), int(seed[1:]), arm, cell)
         )
+    for seed, measured in sorted(data.get("seeds", {}).items()):
+        v0 = measured.get("v0_measure")
+        if v0:
+            held = {k: ratio(v0["per_session"], *nd) for k, nd in GAINS.items()}
+            lines.append(
+                f"| 0 | v0 | {seed} | - | - | - | - | - | v{v0['version']} | {fmt(held['acceptance'], 'pct')} "
+                f"| {fmt(held['retained'], 'num')} | {fmt(held['shown_rate'], 'pct')} | - | - |"
+            )
     for r, _, seed, arm, cell in sorted(keyed):
         steps = cell.get("steps", {})
         if "measure" not in steps:
@@ -254,6 +263,11 @@ def per_seed(data: dict[str, Any]) -> list[str]:
         train, measure = steps.get("train", {}), steps["measure"]
         calibration = train.get("calibration") or {}
         held = {k: ratio(measure["per_session"], *nd) for k, nd in GAINS.items()}
+        v0 = data.get("seeds", {}).get(str(seed), {}).get("v0_measure")
+        gain = {
+            k: ratio(measure["per_session"], *GAINS[k], base=v0["per_session"]) if v0 else None
+            for k in ("acceptance", "retained")
+        }
         team = train.get("team_loss_tokens")
         lines.append(
             f"| {r} | {arm} | {seed} | {'v' + train['version'] if train.get('version') else 'no-data'} "
@@ -261,9 +275,41 @@ def per_seed(data: dict[str, Any]) -> list[str]:
             f"| {format(calibration['acceptance'], '.2%') if 'acceptance' in calibration else '-'} "
             f"| {format(calibration['retained_per_request'], '.3f') if 'retained_per_request' in calibration else '-'} "
             f"| v{measure['version']} | {fmt(held['acceptance'], 'pct')} | {fmt(held['retained'], 'num')} "
-            f"| {fmt(held['shown_rate'], 'pct')} |"
+            f"| {fmt(held['shown_rate'], 'pct')} | {fmt(gain['acceptance'], 'dpct') if v0 else '-'} "
+            f"| {fmt(gain['retained'], 'dnum') if v0 else '-'} |"
         )
-    return lines if len(lines) > 7 else []  # the header alone: nothing measured yet
+    if len(lines) <= 7:
+        return []  # the header alone: nothing measured yet
+    from echo_lib.ops.flywheel import COMPARISONS
+
+    pairs = []
+    for r in range(1, data["settings"]["rounds"] + 1):
+        for seed in range(data["settings"]["seeds"]):
+            measured = {
+                arm: data["cells"].get(f"s{seed}/{arm}/r{r}", {}).get("steps", {}).get("measure")
+                for arm in data["settings"]["arms"]
+            }
+            for left, right in COMPARISONS:
+                a, b = measured.get(left), measured.get(right)
+                if a and b:
+                    gain = {
+                        k: ratio(a["per_session"], *GAINS[k], base=b["per_session"])
+                        for k in ("acceptance", "retained")
+                    }
+                    pairs.append(
+                        f"| {r} | {seed} | {left} - {right} | {fmt(gain['acceptance'], 'dpct')} "
+                        f"| {fmt(gain['retained'], 'dnum')} |"
+                    )
+    if pairs:
+        lines += [
+            "",
+            "Paired differences on each seed's sessions (one seed's CI covers its sessions, not training):",
+            "",
+            "| round | seed | difference | acceptance among shown | retained chars / request |",
+            "| --- | --- | --- | --- | --- |",
+            *pairs,
+        ]
+    return lines
 
 
 COUNTS = ("requests", "shown", "accepted", "retained_chars")
