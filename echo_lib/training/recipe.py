@@ -18,8 +18,9 @@ weighted:
   ``control`` and for replay), weight 1.
 
 The same decontamination applies to every arm's text: a line that also stands in a held-out file
-(stripped, at least :data:`MIN_LINE_CHARS` characters, the rule ``build-dataset`` applies to gold
-rows) is dropped from session texts, team files and replay alike before tokenising.
+(stripped, long enough to tell code apart: :func:`~echo_lib.world.corpus.line_set`, the rule
+``build-dataset`` applies to gold rows) is dropped from session texts, team files and replay alike
+before tokenising.
 
 Seeds are named (:data:`SEEDS`) and move with the training window's last day, so every round of
 every arm draws fresh blocks.
@@ -36,7 +37,6 @@ from typing import Any
 from echo_lib.mining.refinements import ACCEPTED_OUTCOMES, OUTCOMES
 from echo_lib.world import corpus
 
-MIN_LINE_CHARS = corpus.MIN_LINE_CHARS  # as build-dataset's decontamination
 IGNORE = -100  # no negative token at this position
 
 # what each random draw is for; the seed of a draw is derived from (learn.seed, window end, purpose)

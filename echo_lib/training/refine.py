@@ -548,7 +548,6 @@ def _plan(
     blocks = learn.recipe == "blocks"
     try:
         for i, stage in enumerate(STAGES[objective]):
-            records = gold[stage].to_dict("records")
             info: dict[str, Any] = {}
             if stage == "sft" and blocks:  # every arm: the same full-loss blocks budget
                 rows, info = sources.plan_blocks(
@@ -570,6 +569,7 @@ def _plan(
                     f"{info['window_session_blocks']:,} session blocks in the window"
                 )
             else:
+                records = gold[stage].to_dict("records")
                 rows, dropped = shape_rows(stage, records, tokenizer, context, window)
             if stage == "sft" and not blocks:
                 # loss tokens, not rows: the code around each refinement, then public-code replay
